@@ -1,0 +1,51 @@
+"""``keyveil schemes``: the table of registered schemes."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from ..keys import Key
+from ..schemes import create, describe, list_schemes
+
+
+def _bits(value: float) -> str:
+    return "inf" if math.isinf(value) else f"{value:,.0f}"
+
+
+def schemes_table() -> list[list[str]]:
+    """Rows: name, what it does, invertible, per-image, key bits at 32×32 and 224×224."""
+    key = Key(bytes(32))  # a throw-away key: only geometry matters here
+    rows = []
+    for name in list_schemes():
+        s = create(name, key)
+        rows.append([
+            name,
+            describe(name),
+            "yes" if s.invertible else "no",
+            "yes" if s.per_image else "no",
+            _bits(s.key_space_bits((3, 32, 32))),
+            _bits(s.key_space_bits((3, 224, 224))),
+        ])
+    return rows
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+HEADER = ["name", "what it does", "invertible", "per-image", "key bits 32x32", "key bits 224x224"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("schemes", help="list the scrambling schemes")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(format_table(HEADER, schemes_table()))
+    print("\ninvertible with a key: 'patch' given the nonces; key bits for per-image schemes count "
+          "one image's randomness")
+    return 0

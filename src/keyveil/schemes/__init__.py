@@ -1,0 +1,33 @@
+"""Image scrambling schemes behind one contract (DESIGN.md §3).
+
+Examples:
+    >>> from keyveil import Key, schemes
+    >>> "pixel" in schemes.list_schemes()
+    True
+    >>> s = schemes.create("etc", Key.generate())
+    >>> s.invertible, s.per_image
+    (True, False)
+"""
+
+from __future__ import annotations
+
+from .base import Scheme
+from .errors import GeometryError, NotInvertibleError, SchemeError, UnknownSchemeError
+from .registry import create, describe, list_schemes, register_preset, register_scheme, scheme_class
+
+# Importing a scheme module registers its schemes.
+from . import pixel, block, hao  # noqa: E402,F401  isort: skip
+
+__all__ = [
+    "Scheme",
+    "SchemeError",
+    "NotInvertibleError",
+    "GeometryError",
+    "UnknownSchemeError",
+    "create",
+    "describe",
+    "list_schemes",
+    "register_scheme",
+    "register_preset",
+    "scheme_class",
+]

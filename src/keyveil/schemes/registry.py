@@ -1,0 +1,89 @@
+"""The scheme registry: a decorator registers, :func:`create` builds by name."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..keys import Key
+from .base import Scheme
+from .errors import UnknownSchemeError
+
+__all__ = ["register_scheme", "register_preset", "create", "list_schemes", "scheme_class", "SchemeEntry"]
+
+
+@dataclass(frozen=True)
+class SchemeEntry:
+    """A registered name: the class it builds and the preset options it passes."""
+
+    name: str
+    cls: type[Scheme]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+_REGISTRY: dict[str, SchemeEntry] = {}
+
+
+def _add(entry: SchemeEntry) -> None:
+    if entry.name in _REGISTRY:
+        raise ValueError(f"a scheme named {entry.name!r} is already registered")
+    _REGISTRY[entry.name] = entry
+
+
+def register_scheme(cls: type[Scheme]) -> type[Scheme]:
+    """Class decorator: register ``cls`` under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name to register under")
+    _add(SchemeEntry(cls.name, cls, {}, cls.description))
+    return cls
+
+
+def register_preset(name: str, cls: type[Scheme], description: str, **defaults: Any) -> None:
+    """Register ``name`` as ``cls`` with preset options (user options override them)."""
+    _add(SchemeEntry(name, cls, dict(defaults), description))
+
+
+def entry(name: str) -> SchemeEntry:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, _REGISTRY, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UnknownSchemeError(
+            f"no scheme named {name!r}{hint} Known schemes: {', '.join(list_schemes())}"
+        ) from None
+
+
+def scheme_class(name: str) -> type[Scheme]:
+    """The class a registered name builds."""
+    return entry(name).cls
+
+
+def create(name: str, key: Key | None = None, **params: Any) -> Scheme:
+    """Build the scheme registered as ``name`` with ``key`` and options.
+
+    Examples:
+        >>> import torch
+        >>> from keyveil import Key, schemes
+        >>> s = schemes.create("pixel", Key.generate())
+        >>> x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+        >>> bool((s.decrypt(s.encrypt(x)) == x).all())
+        True
+    """
+    e = entry(name)
+    options = {**e.defaults, **params}
+    scheme = e.cls(key, **options)
+    scheme.registered_name = name
+    return scheme
+
+
+def list_schemes() -> list[str]:
+    """The registered scheme names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def describe(name: str) -> str:
+    """One line saying what the scheme named ``name`` does."""
+    return entry(name).description
