@@ -1,0 +1,50 @@
+"""Attacks on scrambling schemes behind one interface (DESIGN.md §5).
+
+Every attack is created with keyword-only hyperparameters and run with one
+call, ``attack.run(**inputs)``, which returns an :class:`AttackResult`
+(reconstructions, metrics, measured cost); key-recovery attacks return a
+:class:`KeyRecoveryResult` whose ``decrypt(y)`` un-scrambles any image
+encrypted under the recovered key.
+
+Examples:
+    >>> import torch
+    >>> from keyveil import Key, schemes
+    >>> from keyveil.attacks import ChosenPlaintext
+    >>> scheme = schemes.create("pixel", Key.generate())
+    >>> result = ChosenPlaintext().run(oracle=scheme.encrypt, image_size=(224, 224))
+    >>> result.cost.queries
+    3
+    >>> x = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)
+    >>> bool(torch.equal(result.decrypt(scheme.encrypt(x)), x))
+    True
+"""
+
+from __future__ import annotations
+
+from .base import (
+    Attack,
+    AttackError,
+    AttackResult,
+    Cost,
+    KeyRecoveryResult,
+    RecoveredPermutation,
+    create_attack,
+    list_attacks,
+    register_attack,
+)
+from .permutation import ChosenPlaintext, KnownPlaintext, crafted_images
+
+__all__ = [
+    "Attack",
+    "AttackError",
+    "AttackResult",
+    "Cost",
+    "KeyRecoveryResult",
+    "RecoveredPermutation",
+    "create_attack",
+    "list_attacks",
+    "register_attack",
+    "ChosenPlaintext",
+    "KnownPlaintext",
+    "crafted_images",
+]
