@@ -188,7 +188,7 @@ class Key:
             fd = os.open(path, flags, 0o600)
         except FileExistsError:
             raise FileExistsError(
-                f"{path} already exists; choose another path or pass overwrite=True"
+                f"{path} already exists; refusing to overwrite a key file (choose another path)"
             ) from None
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(self.to_json() + "\n")

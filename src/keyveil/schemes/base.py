@@ -115,7 +115,7 @@ class Scheme(nn.Module):
     def config(self) -> dict[str, Any]:
         """Name, options and key fingerprint: safe to store and print."""
         return {
-            "scheme": self.name,
+            "scheme": getattr(self, "registered_name", self.name),
             "params": self.params_dict(),
             "key_fingerprint": None if self.key is None else self.key.fingerprint,
         }

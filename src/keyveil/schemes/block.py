@@ -239,7 +239,7 @@ class BlockScramble(Scheme):
                 return gather_flat(y, p.inverse)
             y = gather_flat(x, p.index)
             return y if p.mask is None else flip_values(y, p.mask.view(c, h, w), _white(x))
-        data = split_nibbles(self._to_bytes(x).reshape(b, -1))
+        data = split_nibbles(self._to_bytes(x).reshape(b, c * h * w))
         if decrypt:
             if p.mask is not None:
                 data = flip_values(data, p.mask, 15)

@@ -32,8 +32,7 @@ def gather_flat(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     Shape:
         x: ``(B, *S)``; index: ``(prod(S),)`` int64; returns ``(B, *S)``.
     """
-    b = x.shape[0]
-    return x.reshape(b, -1).index_select(1, index).view(x.shape)
+    return x.reshape(x.shape[0], index.numel()).index_select(1, index).view(x.shape)
 
 
 def gather_spatial(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -64,10 +63,10 @@ def flip_values(x: torch.Tensor, mask: torch.Tensor, white: int | float) -> torc
 
 def split_nibbles(x: torch.Tensor) -> torch.Tensor:
     """uint8 ``(B, N)`` -> ``(B, 2N)``: each byte becomes (high 4 bits, low 4 bits)."""
-    return torch.stack((x >> 4, x & 15), dim=-1).reshape(x.shape[0], -1)
+    return torch.stack((x >> 4, x & 15), dim=-1).reshape(x.shape[0], 2 * x.shape[1])
 
 
 def join_nibbles(n: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`split_nibbles`."""
-    pairs = n.reshape(n.shape[0], -1, 2)
+    pairs = n.reshape(n.shape[0], n.shape[1] // 2, 2)
     return (pairs[..., 0] << 4) | pairs[..., 1]

@@ -19,7 +19,8 @@ __all__ = ["PatchShuffle", "SubPatchMix", "to_patches", "from_patches", "shuffle
 def to_patches(x: torch.Tensor, p: int) -> torch.Tensor:
     """``(B,C,H,W)`` -> ``(B, N, C, p, p)`` with patches in row-major order."""
     b, c, h, w = x.shape
-    return x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, -1, c, p, p)
+    n = (h // p) * (w // p)
+    return x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, n, c, p, p)
 
 
 def from_patches(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -36,7 +37,7 @@ def shuffle_patches(x: torch.Tensor, perm: torch.Tensor, p: int) -> torch.Tensor
     """
     b, c, h, w = x.shape
     patches = to_patches(x, p)
-    idx = perm.view(b, -1, 1, 1, 1).expand(-1, -1, c, p, p)
+    idx = perm.view(b, perm.shape[1], 1, 1, 1).expand(-1, -1, c, p, p)
     return from_patches(torch.gather(patches, 1, idx), h, w)
 
 
