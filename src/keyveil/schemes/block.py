@@ -17,7 +17,15 @@ import torch
 from ..keys import Key
 from .base import Scheme, log2_factorial
 from .errors import GeometryError, SchemeError
-from .functional import flip_values, gather_flat, invert_permutation, join_nibbles, split_nibbles
+from .functional import (
+    flip_operands,
+    flip_values,
+    gather_flat,
+    invert_permutation,
+    join_nibbles,
+    split_nibbles,
+    take_columns,
+)
 from .registry import register_preset, register_scheme
 
 __all__ = ["BlockScramble", "BlockParams", "block_params"]
@@ -230,24 +238,33 @@ class BlockScramble(Scheme):
             )
         return q.to(torch.uint8)
 
+    def _flip_ops(self, p: BlockParams, chw: tuple[int, int, int], dtype: torch.dtype,
+                  device: torch.device) -> tuple[torch.Tensor, ...]:
+        white = 15 if p.nibbles else (255 if dtype == torch.uint8 else 1.0)
+        shape = (-1,) if p.nibbles else chw
+        return self._cached(("flip", chw, dtype, device),
+                            lambda: flip_operands(p.mask.view(shape), white, dtype))
+
     def _apply(self, x: torch.Tensor, decrypt: bool) -> torch.Tensor:
         b, c, h, w = x.shape
         p = self.params((c, h, w), x.device)
         if not p.nibbles:
+            ops = None if p.mask is None else self._flip_ops(p, (c, h, w), x.dtype, x.device)
             if decrypt:
-                y = x if p.mask is None else flip_values(x, p.mask.view(c, h, w), _white(x))
+                y = x if ops is None else flip_values(x, p.mask, 0, operands=ops)
                 return gather_flat(y, p.inverse)
             y = gather_flat(x, p.index)
-            return y if p.mask is None else flip_values(y, p.mask.view(c, h, w), _white(x))
+            return y if ops is None else flip_values(y, p.mask, 0, operands=ops, inplace=True)
         data = split_nibbles(self._to_bytes(x).reshape(b, c * h * w))
+        ops = None if p.mask is None else self._flip_ops(p, (c, h, w), torch.uint8, x.device)
         if decrypt:
-            if p.mask is not None:
-                data = flip_values(data, p.mask, 15)
-            data = data.index_select(1, p.inverse)
+            if ops is not None:
+                data = flip_values(data, p.mask, 15, operands=ops, inplace=True)
+            data = take_columns(data, p.inverse)
         else:
-            data = data.index_select(1, p.index)
-            if p.mask is not None:
-                data = flip_values(data, p.mask, 15)
+            data = take_columns(data, p.index)
+            if ops is not None:
+                data = flip_values(data, p.mask, 15, operands=ops, inplace=True)
         out = join_nibbles(data).view(b, c, h, w)
         return out if x.dtype == torch.uint8 else (out.to(x.dtype) / 255)
 
@@ -275,10 +292,6 @@ class BlockScramble(Scheme):
             bits += n * log2_factorial(d)
         bits += {None: 0, "block": n, "shared": d, "independent": n * d}[self.negapos]
         return bits
-
-
-def _white(x: torch.Tensor) -> int | float:
-    return 255 if x.dtype == torch.uint8 else 1.0
 
 
 register_preset(

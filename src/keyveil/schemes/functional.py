@@ -7,13 +7,16 @@ one gather plus one elementwise op applies any of them to a whole batch.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 __all__ = [
+    "take_columns",
     "gather_flat",
     "gather_spatial",
     "invert_permutation",
     "flip_values",
+    "flip_operands",
     "split_nibbles",
     "join_nibbles",
 ]
@@ -26,13 +29,33 @@ def invert_permutation(perm: torch.Tensor) -> torch.Tensor:
     return inv.scatter_(-1, perm, src)
 
 
+def take_columns(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``y[r, k] = x[r, index[k]]`` for a 2-D tensor: the one gather every scheme uses.
+
+    On the CPU (no autograd) this runs numpy's ``take`` into a fresh tensor,
+    which is several times faster than ``index_select`` for uint8 and does not
+    fight over threads; elsewhere it is ``index_select``. ``mode="clip"`` only
+    skips numpy's bounds bookkeeping: indices are permutations, always in range.
+    """
+    if x.device.type == "cpu" and index.device.type == "cpu" and not x.requires_grad and x.dtype in _NUMPY_OK:
+        x = x.contiguous()
+        out = torch.empty(x.shape, dtype=x.dtype)
+        if x.numel():
+            np.take(x.numpy(), index.numpy(), axis=1, out=out.numpy(), mode="clip")
+        return out
+    return x.index_select(1, index)
+
+
+_NUMPY_OK = {torch.uint8, torch.float32, torch.float64, torch.int16, torch.int32, torch.int64}
+
+
 def gather_flat(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``y[b].flatten()[k] = x[b].flatten()[index[k]]`` for ``x`` of shape ``(B,...)``.
 
     Shape:
         x: ``(B, *S)``; index: ``(prod(S),)`` int64; returns ``(B, *S)``.
     """
-    return x.reshape(x.shape[0], index.numel()).index_select(1, index).view(x.shape)
+    return take_columns(x.reshape(x.shape[0], index.numel()), index).view(x.shape)
 
 
 def gather_spatial(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -44,21 +67,34 @@ def gather_spatial(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         x: ``(B, C, H, W)``; index: ``(H*W,)`` int64; returns ``(B, C, H, W)``.
     """
     b, c, h, w = x.shape
-    return x.reshape(b * c, h * w).index_select(1, index).view(b, c, h, w)
+    return take_columns(x.reshape(b * c, h * w), index).view(b, c, h, w)
 
 
-def flip_values(x: torch.Tensor, mask: torch.Tensor, white: int | float) -> torch.Tensor:
+def flip_operands(mask: torch.Tensor, white: int | float, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """Precompute what :func:`flip_values` needs for ``mask`` and ``dtype`` (derive once)."""
+    if dtype == torch.uint8:
+        return (mask.to(torch.uint8) * int(white),)
+    m = mask.to(dtype)
+    return (m * white, 1 - 2 * m)
+
+
+def flip_values(
+    x: torch.Tensor, mask: torch.Tensor, white: int | float, *, operands: tuple[torch.Tensor, ...] | None = None,
+    inplace: bool = False,
+) -> torch.Tensor:
     """Negative–positive transform ``v -> white - v`` where ``mask`` is true.
 
     ``mask`` broadcasts against ``x``. For uint8 with ``white`` 255 or 15 the
-    flip is an exact XOR; for floats ``white - v`` is computed in one rounding,
-    so flipping twice restores ``v`` to within one ulp of ``white``.
+    flip is an exact XOR; for floats ``white - v`` is computed in one rounding
+    (as ``o + s*v`` with ``s = 1 - 2m``, ``o = white*m``), so flipping twice
+    restores ``v`` to within one ulp of ``white``. ``operands`` (from
+    :func:`flip_operands`) skips re-deriving them; ``inplace`` writes into ``x``.
     """
+    ops = operands if operands is not None else flip_operands(mask, white, x.dtype)
+    out = x if inplace else None
     if x.dtype == torch.uint8:
-        return x ^ (mask.to(torch.uint8) * int(white))
-    m = mask.to(x.dtype)
-    # o + s*v with s = 1 - 2m, o = white*m: equals white - v where masked, v elsewhere.
-    return torch.addcmul(m * white, x, 1 - 2 * m)
+        return torch.bitwise_xor(x, ops[0], out=out)
+    return torch.addcmul(ops[0], x, ops[1], out=out)
 
 
 def split_nibbles(x: torch.Tensor) -> torch.Tensor:
