@@ -32,6 +32,7 @@ from .base import (
     list_attacks,
     register_attack,
 )
+from .ciphertext_only import CiphertextOnly
 from .permutation import ChosenPlaintext, KnownPlaintext, crafted_images
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "list_attacks",
     "register_attack",
     "ChosenPlaintext",
+    "CiphertextOnly",
     "KnownPlaintext",
     "crafted_images",
 ]
