@@ -33,6 +33,7 @@ from .base import (
     register_attack,
 )
 from .ciphertext_only import CiphertextOnly
+from .jigsaw import JigsawSolver, block_comparison
 from .permutation import ChosenPlaintext, KnownPlaintext, crafted_images
 
 __all__ = [
@@ -47,6 +48,8 @@ __all__ = [
     "register_attack",
     "ChosenPlaintext",
     "CiphertextOnly",
+    "JigsawSolver",
+    "block_comparison",
     "KnownPlaintext",
     "crafted_images",
 ]
