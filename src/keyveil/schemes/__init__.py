@@ -16,7 +16,7 @@ from .errors import GeometryError, NotInvertibleError, SchemeError, UnknownSchem
 from .registry import create, describe, list_schemes, register_preset, register_scheme, scheme_class
 
 # Importing a scheme module registers its schemes.
-from . import pixel, block, hao  # noqa: E402,F401  isort: skip
+from . import pixel, block, hao, visualmixer  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "Scheme",
