@@ -234,3 +234,11 @@ def test_config_never_contains_the_secret():
     s = schemes.create("etc", key)
     assert s.config["key_fingerprint"] == key.fingerprint and s.config["scheme"] == "etc"
     assert key.to_json().split('"secret": "')[1][:20] not in repr(s.config) + repr(s)
+
+
+@pytest.mark.parametrize("name", schemes.list_schemes())
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_every_registered_scheme_keeps_the_contract(name, dtype):
+    """Parametrized over the registry, so a newly registered scheme is checked too."""
+    check_scheme(make(name), random_images((3, 3, 32, 32), dtype))
+    check_scheme(make(name), random_images((1, 1, 64, 32), dtype, seed=1))
