@@ -1,0 +1,179 @@
+"""Keyed CNNs: any traceable CNN, unchanged weights, run on ``pixel``-encrypted images (DESIGN.md §4.1).
+
+Three modes:
+
+* ``input``: un-scramble once at the input, then the plain model.
+* ``features``: every feature map stays scrambled with the key's permutation
+  for its size (``feature/{h}x{w}``; the input size uses the pixel scheme's
+  π). Each convolution or pooling becomes ``P_out(op(P_in⁻¹ x))``, the
+  gathers running over channels-last rows when the input is channels-last
+  (the fast layout; otherwise the input's memory format is kept); 1×1 stride-1 unpadded convs,
+  BatchNorm, activations, residual additions and channel concatenations act
+  position-wise and are left alone; a ``Linear`` fed by a flattened map gets
+  the permutation folded into its columns.
+* ``deformable``: PrivDL's operator. Every convolution reads the scrambled
+  input at precomputed integer offsets and writes the scrambled output
+  (:class:`~keyveil.models.layers.DeformableConv2d`), pools gather their taps
+  by index; no feature map is ever un-scrambled.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import fx, nn
+
+from ..keys import Key
+from ..schemes.functional import invert_permutation
+from ..schemes.pixel import pixel_permutation
+from .analysis import Analysis, _shape, analyze, propagate_shapes, trace
+from .errors import UnsupportedModelError
+from .layers import DeformableConv2d, DeformablePool2d, FoldedLinear, KeyMaterial, PositionPermutation
+
+__all__ = ["feature_permutation", "keyed_cnn", "InputUnscrambled", "CNN_MODES"]
+
+CNN_MODES = ("input", "features", "deformable")
+
+
+def feature_permutation(key: Key, height: int, width: int, *, input_hw: tuple[int, int]) -> torch.Tensor:
+    """The permutation ``P`` of a ``height×width`` feature map: scrambled ``[k]`` = plain ``[P[k]]``.
+
+    The input resolution uses the pixel scheme's π, so an encrypted image is
+    already a map scrambled the right way; other sizes use the key stream
+    ``feature/{h}x{w}``.
+    """
+    if (height, width) == tuple(input_hw):
+        return pixel_permutation(key, height, width)
+    return key.permutation(f"feature/{height}x{width}", height * width)
+
+
+class InputUnscrambled(KeyMaterial, nn.Module):
+    """``input`` mode: ``model(unscramble(x))`` — the plain model behind one gather.
+
+    The state dict holds the plain model's entries under ``model.`` plus the
+    inverse permutation ``unscramble.index``.
+    """
+
+    def __init__(self, model: nn.Module, perm: torch.Tensor, hw: tuple[int, int]) -> None:
+        super().__init__()
+        self.unscramble = PositionPermutation(invert_permutation(perm), hw, keep_format=True)
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.unscramble(x))
+
+    def to_plain_state(self, prefix: str, state: dict) -> None:
+        for name in list(state):
+            if name.startswith(prefix + "model."):
+                state[prefix + name[len(prefix) + 6:]] = state.pop(name)
+
+
+def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    for p in model.parameters():
+        return p.device, (p.dtype if p.dtype.is_floating_point else torch.float32)
+    return torch.device("cpu"), torch.float32
+
+
+def _set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
+    parent, _, name = target.rpartition(".")
+    setattr(gm.get_submodule(parent) if parent else gm, name, module)
+
+
+def keyed_cnn(
+    model: nn.Module,
+    key: Key,
+    *,
+    mode: str,
+    input_size: tuple[int, int, int],
+    kernel: str = "gather",
+) -> nn.Module:
+    """Convert ``model`` (not modified) for ``pixel``-encrypted input of shape ``input_size``.
+
+    Use :func:`keyveil.models.keyed`, which validates, self-checks and
+    records the configuration; this function only builds.
+    """
+    c, h, w = input_size
+    model = copy.deepcopy(model)
+    perms: dict[tuple[int, int], torch.Tensor] = {}
+
+    def perm(hh: int, ww: int) -> torch.Tensor:
+        if (hh, ww) not in perms:
+            perms[hh, ww] = feature_permutation(key, hh, ww, input_hw=(h, w))
+        return perms[hh, ww]
+
+    if mode == "input":
+        return InputUnscrambled(model, perm(h, w), (h, w))
+    gm = trace(model)
+    device, dtype = _device_dtype(gm)
+    propagate_shapes(gm, torch.zeros(1, c, h, w, device=device, dtype=dtype))
+    result = analyze(gm, mode=mode)
+    if result.problems:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} cannot run on scrambled feature maps in mode {mode!r} "
+            f"({len(result.problems)} problem(s)); mode='input' works for any model:",
+            result.problems,
+        )
+    _rewrite(gm, result, mode=mode, perm=perm, kernel=kernel, device=device)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def _rewrite(gm: fx.GraphModule, result: Analysis, *, mode: str, perm, kernel: str, device) -> None:
+    graph = gm.graph
+    counts: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            counts[node.target] = counts.get(node.target, 0) + 1
+    serial = 0
+    plain_copies: dict[fx.Node, fx.Node] = {}
+
+    def new_name(stem: str) -> str:
+        nonlocal serial
+        serial += 1
+        return f"keyveil_{stem}_{serial}"
+
+    def place(node: fx.Node, module: nn.Module) -> None:
+        if counts[node.target] > 1:  # a module called at several places gets one copy per call
+            node.target = new_name(node.target.replace(".", "_"))
+            gm.add_submodule(node.target, module)
+        else:
+            _set_module(gm, node.target, module)
+
+    for node in result.spatial:
+        src = node.args[0]
+        in_lay, out_lay = result.layouts.get(src), result.layouts.get(node)
+        in_shape, out_shape = _shape(src), _shape(node)
+        in_hw, out_hw = (in_shape[2], in_shape[3]), (out_shape[2], out_shape[3])
+        module = gm.get_submodule(node.target)
+        if mode == "features":
+            if in_lay is not None:
+                u = plain_copies.get(src)
+                if u is None:  # one un-scrambled copy per scrambled map, shared by its spatial consumers
+                    name = new_name("unscramble")
+                    gm.add_submodule(name, PositionPermutation(invert_permutation(perm(*in_hw)), in_hw).to(device))
+                    with graph.inserting_after(src):
+                        u = plain_copies[src] = graph.call_module(name, (src,))
+                    u.meta = dict(src.meta)
+                node.replace_input_with(src, u)
+            if out_lay is not None:
+                name = new_name("scramble")
+                gm.add_submodule(name, PositionPermutation(perm(*out_hw), out_hw).to(device))
+                with graph.inserting_after(node):
+                    s = graph.call_module(name, (node,))
+                s.meta = dict(node.meta)
+                result.layouts[s] = out_lay
+                node.replace_all_uses_with(s, delete_user_cb=lambda user, s=s: user is not s)
+            continue
+        in_perm = perm(*in_hw) if in_lay is not None else None
+        out_perm = perm(*out_hw) if out_lay is not None else None
+        if isinstance(module, nn.Conv2d):
+            new = DeformableConv2d(module, in_hw=in_hw, out_hw=out_hw, in_perm=in_perm, out_perm=out_perm,
+                                   kernel=kernel)
+        else:
+            new = DeformablePool2d(module, in_hw=in_hw, out_hw=out_hw, in_perm=in_perm, out_perm=out_perm)
+        place(node, new.to(device))
+    for node in result.folds:
+        lay = result.layouts[node.args[0]]
+        place(node, FoldedLinear.fold(gm.get_submodule(node.target), perm(lay.h, lay.w), lay.flat))
