@@ -50,7 +50,7 @@ def _as_batch(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
 
 def _to_float(x: torch.Tensor) -> torch.Tensor:
     if x.dtype == torch.uint8:
-        return x.to(torch.float32) / 255.0
+        return x.to(torch.float32).div_(255.0)
     if x.dtype.is_floating_point:
         return x if x.dtype in (torch.float32, torch.float64) else x.float()
     raise ValueError(f"images must be uint8 (0..255) or floating (0..1), got {x.dtype}")
@@ -92,11 +92,13 @@ def window_sums(dh: torch.Tensor, dv: torch.Tensor, window: int) -> tuple[torch.
     s = window
     nh, nw = -(-h // s), -(-w // s)
     hp, wp = nh * s, nw * s
-    # In a padded (.., nh, s, nw, s) view the difference at in-window offset s-1
-    # is the one that crosses into the next region: summing offsets < s-1 drops it.
-    ph = F.pad(dh, (0, wp - w1, 0, hp - h)).view(n, nh, s, nw, s)[..., : s - 1]
-    pv = F.pad(dv, (0, wp - w, 0, hp - (h - 1))).view(n, nh, s, nw, s)[:, :, : s - 1]
-    sums = ph.sum(dim=(2, 4)) + pv.sum(dim=(2, 4))
+    # The difference at in-window offset s-1 crosses into the next region: zero it.
+    total = F.pad(dh, (0, wp - w1, 0, hp - h))
+    total[..., s - 1 :: s] = 0
+    pv = F.pad(dv, (0, wp - w, 0, hp - (h - 1)))
+    pv[..., s - 1 :: s, :] = 0
+    total += pv
+    sums = F.avg_pool2d(total[:, None], s, s, divisor_override=1)[:, 0]
     rows = torch.clamp(h - torch.arange(nh, device=dh.device) * s, max=s)
     cols = torch.clamp(w - torch.arange(nw, device=dh.device) * s, max=s)
     areas = (rows[:, None] * cols[None, :]).to(dh.dtype)
@@ -121,13 +123,21 @@ def vfe_map(x: torch.Tensor, window: int = 14) -> torch.Tensor:
     """
     window = _check_window(window)
     xb, single = _as_batch(x)
-    xf = _to_float(xb)
-    b, c, h, w = xf.shape
+    _to_float(xb[:0])  # validates the dtype
+    b, c, h, w = xb.shape
+    dtype = torch.float64 if xb.dtype == torch.float64 else torch.float32
     if b * c == 0:
-        out = xf.new_zeros(b, c, -(-h // window), -(-w // window))
+        out = torch.zeros(b, c, -(-h // window), -(-w // window), dtype=dtype, device=xb.device)
         return out[0] if single else out
-    sums, areas = window_sums(*gradient_energy(xf.reshape(b * c, h, w)), window)
-    out = (sums / areas).view(b, c, *areas.shape)
+    planes = xb.reshape(b * c, h, w)
+    # ~1M values at a time: temporaries stay in cache and below the allocator's
+    # mmap threshold, which is 3-5x faster on CPU than one pass over a large batch
+    step = max(1, (1 << 20) // (h * w))
+    parts = []
+    for i in range(0, b * c, step):
+        sums, areas = window_sums(*gradient_energy(_to_float(planes[i : i + step])), window)
+        parts.append(sums / areas)
+    out = torch.cat(parts).view(b, c, *areas.shape)
     return out[0] if single else out
 
 

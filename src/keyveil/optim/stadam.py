@@ -2,7 +2,7 @@
 
 Our reading of VisualMixer's Sec. IV-E ("Stable Adaptive Moment Estimation"):
 the paper keeps Adam's two moment estimates, drops the two bias-correction
-steps (so early steps are small and stable, not rescaled by ``1/(1-beta**t)``)
+steps (the moments are used as they are, not rescaled by ``1/(1-beta**t)``)
 and adds weight decay and a momentum term. For every parameter ``theta`` with
 gradient ``g``::
 

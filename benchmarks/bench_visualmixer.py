@@ -1,0 +1,97 @@
+"""VisualMixer throughput: the VFE metric and the full scheme, next to ``x.clone()``.
+
+Run:  .venv/bin/python benchmarks/bench_visualmixer.py [--repeats 7] [--threads 2]
+
+For 3x32x32 uint8 images at B=512 and 3x224x224 at B=64, it times, alternately
+in the same run: ``x.clone()``, ``keyveil.metrics.vfe(x)``, the full
+``visualmixer`` encryption (default options: quadtree windows 2..8, one
+permutation per channel, fresh randomness from a seeded generator) and, for
+reference, the same scheme with ``ws_max=16``. Every figure is the median over
+repeats of images/s, and of (clone time / time), i.e. the throughput as a
+fraction of a plain memory copy of the batch. It also times the in-window
+shuffle alone for uniform 8x8 windows done two ways, the vectorized
+Fisher–Yates used by the scheme and ``argsort`` of random keys per window,
+to show why the scheme does not sort. The public VisualMixer code needs
+6.0 s per 224x224 image on this CPU (0.17 images/s): see BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+from keyveil import schemes
+from keyveil.metrics import vfe
+from keyveil.schemes.visualmixer import WindowLayout, shuffle_windows
+
+CASES = [((512, 3, 32, 32), "32x32 B=512"), ((64, 3, 224, 224), "224x224 B=64")]
+
+
+def timed(fn, inner: int) -> float:
+    start = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    return (time.perf_counter() - start) / inner
+
+
+def argsort_window_shuffle(x: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
+    """Uniform s x s window shuffle by argsort of random keys (the alternative we measured)."""
+    b, c, h, w = x.shape
+    blocks = x.reshape(b, c, h // s, s, w // s, s).permute(0, 1, 2, 4, 3, 5).reshape(-1, s * s)
+    perm = torch.rand(blocks.shape, generator=gen).argsort(dim=1)
+    out = blocks.gather(1, perm).view(b, c, h // s, w // s, s, s).permute(0, 1, 2, 4, 3, 5)
+    return out.reshape(b, c, h, w)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+          f"load average {load:.2f} at start, median of {args.repeats} runs")
+    print()
+    print("| size | operation | images/s | time / x.clone() time |")
+    print("|---|---|---:|---:|")
+    gen = torch.Generator().manual_seed(0)
+    default = schemes.create("visualmixer")
+    wide = schemes.create("visualmixer", ws_max=16)
+    for shape, label in CASES:
+        x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+        uniform8 = WindowLayout((8,), (torch.ones(shape[0], shape[2] // 8, shape[3] // 8, dtype=torch.bool),),
+                                shape[2], shape[3])
+        ops = {
+            "x.clone()": x.clone,
+            "vfe(x) (window 14)": lambda x=x: vfe(x),
+            "visualmixer encrypt (ws 2..8)": lambda x=x: default.encrypt(x, generator=gen),
+            "visualmixer encrypt (ws 2..16)": lambda x=x: wide.encrypt(x, generator=gen),
+            "uniform 8x8 shuffle, vectorized Fisher-Yates": lambda x=x, lay=uniform8: shuffle_windows(
+                x, lay, generator=gen),
+            "uniform 8x8 shuffle, argsort of random keys": lambda x=x: argsort_window_shuffle(x, 8, gen),
+        }
+        inner = {}
+        for name, fn in ops.items():  # warm up, then size the inner loop to ~50 ms
+            fn()
+            inner[name] = max(1, int(0.05 / max(timed(fn, 1), 1e-6)))
+        times: dict[str, list[float]] = {name: [] for name in ops}
+        for _ in range(args.repeats):
+            for name, fn in ops.items():  # alternate: every repeat times every operation
+                times[name].append(timed(fn, inner[name]))
+        clone = times["x.clone()"]
+        for name in ops:
+            rate = statistics.median(shape[0] / t for t in times[name])
+            ratio = statistics.median(t / c for t, c in zip(times[name], clone))
+            print(f"| {label} | {name} | {rate:,.0f} | {ratio:,.1f} |")
+    load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print()
+    print(f"load average {load_end:.2f} at end")
+
+
+if __name__ == "__main__":
+    main()
