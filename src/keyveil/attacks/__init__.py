@@ -33,7 +33,9 @@ from .base import (
     register_attack,
 )
 from .ciphertext_only import CiphertextOnly
+from .inversion import LearnedInversion, UNet
 from .jigsaw import JigsawSolver, block_comparison
+from .membership import MembershipInference, auc, train_classifier
 from .permutation import ChosenPlaintext, KnownPlaintext, crafted_images
 
 __all__ = [
@@ -49,6 +51,11 @@ __all__ = [
     "ChosenPlaintext",
     "CiphertextOnly",
     "JigsawSolver",
+    "LearnedInversion",
+    "UNet",
+    "MembershipInference",
+    "auc",
+    "train_classifier",
     "block_comparison",
     "KnownPlaintext",
     "crafted_images",

@@ -73,7 +73,8 @@ def orl_faces(people: range = range(1, 41), *, size: tuple[int, int] = (96, 80))
     return x[..., top: top + size[0], left: left + size[1]].contiguous(), torch.tensor(ys)
 
 
-PHOTO_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field")
+PHOTO_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
+               "colorwheel")
 
 
 def photos(size: int = 224, names: tuple[str, ...] = PHOTO_NAMES) -> torch.Tensor:
@@ -108,14 +109,19 @@ def cifar_samples() -> torch.Tensor:
 DATASETS = ("fashion-mnist", "orl", "photos", "cifar")
 
 
-def load(name: str, n: int | None = None, *, split: str = "test") -> torch.Tensor:
-    """Images of a named offline dataset (uint8 ``(N,C,H,W)``)."""
+def load(name: str, split: str = "test", n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (uint8 ``(N,C,H,W)``) and labels of a named offline dataset.
+
+    Splits: Fashion-MNIST its own train/test; ORL people 1–35 train, 36–40
+    test (held-out identities); photos and CIFAR samples have one set (both
+    splits return it) and dummy labels.
+    """
     if name == "fashion-mnist":
-        return fashion_mnist(split, n)[0]
+        return fashion_mnist(split, n)
     if name == "orl":
-        return orl_faces()[0][:n]
-    if name == "photos":
-        return photos()[:n]
-    if name == "cifar":
-        return cifar_samples()[:n]
+        x, y = orl_faces(range(1, 36) if split == "train" else range(36, 41))
+        return x[:n], (y - 1)[:n]
+    if name in ("photos", "cifar"):
+        x = photos() if name == "photos" else cifar_samples()
+        return x[:n], torch.zeros(len(x[:n]), dtype=torch.int64)
     raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

@@ -1,0 +1,169 @@
+"""Ready-made attack scenarios: a scheme, a dataset, an attack, scored end to end.
+
+Both ``keyveil attack`` and the security report (:mod:`keyveil.attacks.report`)
+run these, so every figure of SECURITY.md can be reproduced one by one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..keys import Key
+from ..schemes import Scheme, create
+from . import _data
+from .base import AttackError, AttackResult
+from .ciphertext_only import CiphertextOnly
+from .inversion import LearnedInversion
+from .jigsaw import JigsawSolver
+from .membership import MembershipInference, train_classifier
+from .permutation import ChosenPlaintext, KnownPlaintext
+
+__all__ = ["Scenario", "run_scenario", "SCENARIOS", "make_scheme", "plain_baseline"]
+
+# Scheme options that fit each dataset's image size (patch sizes must divide it).
+_FIT: dict[str, dict[str, dict[str, Any]]] = {
+    "fashion-mnist": {"patch": {"patch_size": 4}, "mix": {"patch_size": 4, "grid": 2}, "vit": {"block_size": 4}},
+    "orl": {"vit": {"block_size": 16}},
+    "cifar": {"patch": {"patch_size": 4}, "mix": {"patch_size": 8, "grid": 2}, "vit": {"block_size": 4}},
+}
+
+
+def make_scheme(name: str, dataset: str, key: Key | None) -> Scheme:
+    """The scheme ``name`` with options that fit ``dataset``'s image size."""
+    return create(name, key, **_FIT.get(dataset, {}).get(name, {}))
+
+
+@dataclass
+class Scenario:
+    """One attack run: the result plus pictures (originals, encrypted, recovered)."""
+
+    attack: str
+    scheme: str
+    dataset: str
+    result: AttackResult
+    originals: torch.Tensor
+    encrypted: torch.Tensor
+    recovered: torch.Tensor | None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def _encrypt(scheme: Scheme, x: torch.Tensor, seed: int) -> torch.Tensor:
+    if scheme.per_image:
+        return scheme.encrypt(x, generator=torch.Generator().manual_seed(seed))
+    return scheme.encrypt(x)
+
+
+def run_scenario(
+    attack: str, scheme: Scheme, dataset: str, *, n: int | None = None, test_n: int = 100, seed: int = 0,
+    options: dict[str, Any] | None = None,
+) -> Scenario:
+    """Run ``attack`` against ``scheme`` on ``dataset`` and score it.
+
+    Args:
+        attack: a registered attack name.
+        scheme: the attacked scheme (keyed schemes need their key: the
+            scenario plays the victim too, to make ciphertexts and score).
+        dataset: ``fashion-mnist``, ``orl``, ``photos`` or ``cifar``.
+        n: the attacker's data: pairs (known-plaintext), ciphertexts
+            (ciphertext-only), training images (learned inversion, membership);
+            a default per attack when ``None``.
+        test_n: victim images to recover and score.
+        seed: seed of the victims' per-image randomness and of training.
+        options: attack hyperparameters.
+    """
+    opts = dict(options or {})
+    name = type(scheme).name
+    test_x, test_y = _data.load(dataset, "test", test_n)
+    if attack == "chosen-plaintext":
+        opts.setdefault("nibbles", bool(getattr(scheme, "nibbles", False)))
+        c, h, w = test_x.shape[1:]
+        r = ChosenPlaintext(**opts).run(oracle=scheme.encrypt, image_size=(h, w), channels=c, reference=scheme)
+        enc = scheme.encrypt(test_x)
+        return Scenario(attack, name, dataset, r, test_x, enc, r.decrypt(enc), {"queries": r.cost.queries})
+    if attack == "known-plaintext":
+        n = 1 if n is None else n
+        opts.setdefault("spatial", name == "pixel" and not getattr(scheme, "per_channel", False))
+        plain, _ = _data.load(dataset, "train", n)
+        if len(plain) < n:
+            raise AttackError(f"dataset {dataset!r} has only {len(plain)} images; ask for fewer pairs")
+        r = KnownPlaintext(**opts).run(plain=plain, encrypted=scheme.encrypt(plain), reference=scheme)
+        enc = scheme.encrypt(test_x)
+        return Scenario(attack, name, dataset, r, test_x, enc, r.decrypt(enc), {"pairs": n})
+    if attack == "ciphertext-only":
+        n = 10_000 if n is None else n
+        train, _ = _data.load(dataset, "train", n)
+        enc = scheme.encrypt(test_x)
+        r = CiphertextOnly(**opts).run(ciphertexts=scheme.encrypt(train), test_encrypted=enc, test_plain=test_x,
+                                       reference=scheme)
+        sym = r.details.get("symmetry")
+        rec = r.reconstructions
+        if sym is not None:  # show the recovered images the way a viewer would turn them
+            from .ciphertext_only import grid_symmetries
+
+            h, w = test_x.shape[-2:]
+            rec = rec.reshape(*rec.shape[:2], h * w)[..., grid_symmetries(h, w)[sym]].reshape(test_x.shape)
+        return Scenario(attack, name, dataset, r, test_x, enc, rec, {"ciphertexts": n})
+    if attack == "jigsaw":
+        if name == "block":
+            opts.setdefault("block_size", scheme.block_size)
+            opts.setdefault("rotations", scheme.rotate)
+            opts.setdefault("negapos", scheme.negapos == "block")
+            opts.setdefault("channel_orders", scheme.channel_shuffle)
+        elif hasattr(scheme, "patch_size"):
+            opts.setdefault("block_size", scheme.patch_size)
+        enc = _encrypt(scheme, test_x, seed)
+        r = JigsawSolver(**opts).run(encrypted=enc, plain=test_x)
+        return Scenario(attack, name, dataset, r, test_x, enc, r.reconstructions, {"images": len(test_x)})
+    if attack == "learned-inversion":
+        train, _ = _data.load(dataset, "train", n)
+        enc = _encrypt(scheme, test_x, seed)
+        if scheme.per_image:
+            gen = torch.Generator().manual_seed(seed + 1)
+            r = LearnedInversion(seed=seed, **opts).run(
+                encrypt=lambda x: scheme.encrypt(x, generator=gen), train_plain=train,
+                test_encrypted=enc, test_plain=test_x)
+        else:  # keyed: the attacker needs leaked pairs
+            r = LearnedInversion(seed=seed, **opts).run(
+                train_encrypted=scheme.encrypt(train), train_plain=train, test_encrypted=enc, test_plain=test_x)
+        return Scenario(attack, name, dataset, r, test_x, enc, r.reconstructions, {"train_images": len(train)})
+    if attack == "membership":
+        n = 1000 if n is None else n
+        epochs = int(opts.pop("epochs", 30))
+        mx, my = _data.load(dataset, "train", n)
+        nx, ny = test_x, test_y
+        menc, nenc = _encrypt(scheme, mx, seed), _encrypt(scheme, nx, seed + 1)
+        classes = int(torch.cat([my, ny]).max()) + 1
+        net = train_classifier(menc, my, classes=classes, epochs=epochs, seed=seed)
+        r = MembershipInference(**opts).run(model=net, members=(menc, my), nonmembers=(nenc, ny))
+        with torch.no_grad():
+            acc = (net(nenc.float() / 255).argmax(1) == ny).double().mean()
+        r.metrics["test_accuracy"] = float(acc)
+        return Scenario(attack, name, dataset, r, test_x, nenc, None, {"members": n, "epochs": epochs})
+    raise AttackError(f"no scenario for attack {attack!r}; choose one of {', '.join(SCENARIOS)}")
+
+
+SCENARIOS = ("chosen-plaintext", "known-plaintext", "ciphertext-only", "jigsaw", "learned-inversion", "membership")
+
+
+class _Identity(Scheme):
+    """The no-encryption baseline (``plain``) for membership inference."""
+
+    name = "plain"
+    needs_key = False
+
+    def _encrypt(self, x: torch.Tensor, **kw: Any) -> torch.Tensor:
+        return x.clone()
+
+    def _decrypt(self, y: torch.Tensor, **kw: Any) -> torch.Tensor:
+        return y.clone()
+
+    def key_space_bits(self, shape: Any) -> float:
+        return 0.0
+
+
+def plain_baseline() -> Scheme:
+    """A scheme that leaves images unchanged (the baseline of every table)."""
+    return _Identity()

@@ -1,0 +1,36 @@
+"""``keyveil security-report``: run every attack and write SECURITY.md."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..attacks.report import SECTIONS, security_report
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "security-report", help="measure every attack against every scheme and write SECURITY.md",
+        description="Runs the attack suite (about 15-25 min on 2 CPU cores for all sections) and writes the "
+                    "report with every measured figure; pictures go to --pictures.",
+    )
+    p.add_argument("-o", "--output", help="markdown file to write (e.g. SECURITY.md); default: print it")
+    p.add_argument("--only", action="append", choices=SECTIONS, help="run only this section (repeatable)")
+    p.add_argument("--pictures", default="results", help="folder for the PNGs (default results/)")
+    p.add_argument("--no-pictures", action="store_true", help="write no PNGs")
+    p.add_argument("--quick", action="store_true", help="small sizes for a smoke test (not the published figures)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the victim key and of training (default 0)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    sections = tuple(args.only) if args.only else SECTIONS
+    pictures = None if args.no_pictures else Path(args.pictures)
+    md, _ = security_report(sections=sections, pictures=pictures, quick=args.quick, seed=args.seed,
+                            log=lambda line: print(line, flush=True))
+    if args.output:
+        Path(args.output).write_text(md, encoding="utf-8")
+        print(f"wrote {args.output}")
+    else:
+        print(md)
+    return 0
