@@ -1,0 +1,42 @@
+"""Training and evaluation: plain PyTorch loops, DDP-ready, with checkpoints that never hold a secret.
+
+Examples:
+    >>> from keyveil.engine import build_model, make_optimizer
+    >>> model = build_model("smallcnn", in_channels=1, num_classes=10, image_size=(28, 28))
+    >>> type(make_optimizer("sgd", model.parameters())).__name__
+    'SGD'
+"""
+
+from __future__ import annotations
+
+from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from .distributed import DistInfo, init_distributed, is_main_process
+from .loop import EvalResult, FitResult, evaluate, fit, make_loader, seed_everything, to_input, train_epoch
+from .models import adapt_torchvision, build_model, list_models, register_model, small_cnn
+from .optim import DEFAULT_LR, OPTIMIZERS, make_optimizer
+
+__all__ = [
+    "build_model",
+    "small_cnn",
+    "adapt_torchvision",
+    "list_models",
+    "register_model",
+    "make_optimizer",
+    "OPTIMIZERS",
+    "DEFAULT_LR",
+    "fit",
+    "evaluate",
+    "train_epoch",
+    "make_loader",
+    "to_input",
+    "seed_everything",
+    "EvalResult",
+    "FitResult",
+    "save_checkpoint",
+    "load_checkpoint",
+    "model_from_checkpoint",
+    "CheckpointError",
+    "DistInfo",
+    "init_distributed",
+    "is_main_process",
+]
