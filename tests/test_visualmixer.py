@@ -215,3 +215,20 @@ def test_key_space_bits_counts_the_smallest_windows():
     x = photo(32)[None]
     exact = mixer(None).windows(x).shuffle_bits(3)
     assert float(exact[0]) >= mixer(None).key_space_bits((3, 32, 32))
+
+
+@pytest.mark.parametrize("g", [1, 3])
+def test_fisher_yates_torch_path_equals_numpy_path(g):
+    """The torch path (used off-CPU) makes exactly the swaps of the numpy path."""
+    from keyveil.schemes.visualmixer import _fisher_yates_, _jumps
+
+    gen = torch.Generator().manual_seed(g)
+    d = torch.randint(0, 256, (50, 16, g), dtype=torch.uint8, generator=gen)
+    jumps = _jumps(torch.rand(16, 50, generator=gen))
+    a, b = d.clone(), d.clone()
+    _fisher_yates_(a, jumps, use_numpy=True)
+    _fisher_yates_(b, jumps, use_numpy=False)
+    assert torch.equal(a, b) and not torch.equal(a, d)
+    weights = torch.tensor([65536, 256, 1])[:g]
+    packed = [(t.long() * weights).sum(-1).sort(dim=1).values for t in (a, d)]  # whole pixels per window
+    assert torch.equal(packed[0], packed[1])
