@@ -184,7 +184,8 @@ def quadtree_windows(
                 stop |= (min_level.to(x.device) <= level)[:, None, None]
             final = active & stop
             split = active & ~final
-            active = split.repeat_interleave(2, 1).repeat_interleave(2, 2)[:, : -(-h // (s // 2)), : -(-w // (s // 2))]
+            up = split[:, :, None, :, None].expand(b, nh, 2, nw, 2).reshape(b, 2 * nh, 2 * nw)
+            active = up[:, : -(-h // (s // 2)), : -(-w // (s // 2))]
         selected.append(final)
     return WindowLayout(sizes, tuple(selected), h, w)
 
@@ -404,6 +405,12 @@ def shuffle_windows(
                     jumps = _jumps(urows.index_select(0, idx).t())
                 if k == rows.shape[0]:  # every window of this size: shuffle in place
                     _fisher_yates_(rows, jumps)
+                elif x.device.type == "cpu":  # numpy row indexing: ~3x faster than index_copy_ here
+                    flat = rows.view(rows.shape[0], -1).view(_SAME_SIZE_INT[rows.element_size()]).numpy()
+                    picked = idx.numpy()
+                    d = torch.from_numpy(flat[picked]).view(k, n, g)
+                    _fisher_yates_(d, jumps)
+                    flat[picked] = d.view(k, -1).numpy()
                 else:
                     d = rows.index_select(0, idx)  # (k, n, g)
                     _fisher_yates_(d, jumps)
