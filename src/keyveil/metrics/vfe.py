@@ -92,12 +92,12 @@ def window_sums(dh: torch.Tensor, dv: torch.Tensor, window: int) -> tuple[torch.
     s = window
     nh, nw = -(-h // s), -(-w // s)
     hp, wp = nh * s, nw * s
-    # The difference at in-window offset s-1 crosses into the next region: zero it.
-    total = F.pad(dh, (0, wp - w1, 0, hp - h))
-    total[..., s - 1 :: s] = 0
-    pv = F.pad(dv, (0, wp - w, 0, hp - (h - 1)))
-    pv[..., s - 1 :: s, :] = 0
-    total += pv
+    # A difference at in-window offset s-1 crosses into the next region: weight 0.
+    keep_col = (torch.arange(1, w1 + 1, device=dh.device) % s != 0).to(dh.dtype)
+    keep_row = (torch.arange(1, h, device=dh.device) % s != 0).to(dh.dtype)[:, None]
+    total = dh.new_zeros(n, hp, wp)
+    total[:, :h, :w1].addcmul_(dh, keep_col)
+    total[:, : h - 1, :w].addcmul_(dv, keep_row)
     sums = F.avg_pool2d(total[:, None], s, s, divisor_override=1)[:, 0]
     rows = torch.clamp(h - torch.arange(nh, device=dh.device) * s, max=s)
     cols = torch.clamp(w - torch.arange(nw, device=dh.device) * s, max=s)

@@ -470,6 +470,10 @@ class VisualMixer(Scheme):
         [2, 4, 8]
 
     Notes:
+        Window sides are in pixels, so the same options hide less of a larger
+        image: the default 2..8 scrambles a CIFAR-size image but leaves a
+        512x512 photo recognizable; scale ``ws_min``/``ws_max`` with the
+        resolution or set ``target_vfe``.
         Shuffling keeps every window's multiset of values, so window
         histograms (and with ``channel_shuffle=False`` whole pixels) stay in
         the clear, and a learned inverse can be trained by anyone on public
