@@ -232,3 +232,13 @@ def test_fisher_yates_torch_path_equals_numpy_path(g):
     weights = torch.tensor([65536, 256, 1])[:g]
     packed = [(t.long() * weights).sum(-1).sort(dim=1).values for t in (a, d)]  # whole pixels per window
     assert torch.equal(packed[0], packed[1])
+
+
+def test_take_torch_path_equals_numpy_path():
+    from keyveil.schemes.visualmixer import _take
+
+    gen = torch.Generator().manual_seed(0)
+    index = torch.randperm(20, generator=gen)
+    for x in (torch.rand(3, 20, generator=gen), torch.randint(0, 256, (2, 20, 3), dtype=torch.uint8)):
+        a, b = _take(x, index, use_numpy=True), _take(x, index, use_numpy=False)
+        assert torch.equal(a, b) and torch.equal(a, x[:, index]) and a.dtype == x.dtype

@@ -326,6 +326,20 @@ def _shuffle_valid(d: torch.Tensor, u: torch.Tensor, valid: torch.Tensor) -> tor
     return d.gather(1, sigma[..., None].expand(k, n, g))
 
 
+def _take(x: torch.Tensor, index: torch.Tensor, *, use_numpy: bool | None = None) -> torch.Tensor:
+    """``x[:, index]`` for a contiguous ``x`` of 2 or 3 dims (a new contiguous tensor).
+
+    On CPU through ``numpy.take`` (2-6x faster than ``torch.gather`` with an
+    expanded index here); elsewhere ``torch.gather``.
+    """
+    if use_numpy if use_numpy is not None else x.device.type == "cpu":
+        as_int = _SAME_SIZE_INT[x.element_size()]
+        out = np.take(x.view(as_int).numpy(), index.numpy(), axis=1)
+        return torch.from_numpy(out).view(x.dtype)
+    shape = (x.shape[0], -1) + tuple(x.shape[2:])
+    return x.gather(1, index.view(1, -1, *([1] * (x.dim() - 2))).expand(shape))
+
+
 def _seeded_numpy(generator: torch.Generator) -> np.random.Generator:
     """A fast PCG64 stream whose seed is drawn from ``generator`` (so it is reproducible)."""
     seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
@@ -370,12 +384,10 @@ def shuffle_windows(
         xp[:, :, :h, :w] = x
     else:
         xp = x
-    # (gather with an expanded index is ~5x faster on CPU than index_select along dim 1)
     if channel_shuffle:
-        z = xp.reshape(b * c, hp * wp).gather(1, geo.zidx.expand(b * c, -1))  # rows (image, channel)
+        z = _take(xp.reshape(b * c, hp * wp), geo.zidx)  # rows (image, channel)
     else:
-        planes = xp.reshape(b, c, hp * wp).transpose(1, 2)
-        z = planes.gather(1, geo.zidx.view(1, -1, 1).expand(b, -1, c))  # (B, P, C)
+        z = _take(xp.reshape(b, c, hp * wp).transpose(1, 2).contiguous(), geo.zidx)  # (B, P, C)
     rng = None
     if uniforms is None:
         rng = _seeded_numpy(generator if generator is not None else _fresh_generator())
@@ -422,9 +434,9 @@ def shuffle_windows(
             valid = geo.valid[level].repeat(b * cu, 1).index_select(0, idx)
             rows.index_copy_(0, idx, _shuffle_valid(rows.index_select(0, idx), u, valid))
     if channel_shuffle:
-        out = z.gather(1, geo.zinv.expand(b * c, -1)).view(b, c, hp, wp)
+        out = _take(z, geo.zinv).view(b, c, hp, wp)
     else:
-        out = z.gather(1, geo.zinv.view(1, -1, 1).expand(b, -1, c)).transpose(1, 2).reshape(b, c, hp, wp)
+        out = _take(z, geo.zinv).transpose(1, 2).reshape(b, c, hp, wp)
     if (hp, wp) != (h, w):
         out = out[:, :, :h, :w]
     return out.contiguous()
