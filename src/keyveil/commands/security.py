@@ -20,10 +20,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-pictures", action="store_true", help="write no PNGs")
     p.add_argument("--quick", action="store_true", help="small sizes for a smoke test (not the published figures)")
     p.add_argument("--seed", type=int, default=0, help="seed of the victim key and of training (default 0)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: the small training batches run faster on one thread)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
     sections = tuple(args.only) if args.only else SECTIONS
     pictures = None if args.no_pictures else Path(args.pictures)
     md, _ = security_report(sections=sections, pictures=pictures, quick=args.quick, seed=args.seed,
