@@ -28,11 +28,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    torch.set_num_threads(max(1, args.threads))
     sections = tuple(args.only) if args.only else SECTIONS
     pictures = None if args.no_pictures else Path(args.pictures)
-    md, _ = security_report(sections=sections, pictures=pictures, quick=args.quick, seed=args.seed,
-                            log=lambda line: print(line, flush=True))
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, args.threads))
+    try:
+        md, _ = security_report(sections=sections, pictures=pictures, quick=args.quick, seed=args.seed,
+                                log=lambda line: print(line, flush=True))
+    finally:
+        torch.set_num_threads(before)
     if args.output:
         Path(args.output).write_text(md, encoding="utf-8")
         print(f"wrote {args.output}")
