@@ -1,0 +1,63 @@
+"""``keyveil experiment``: reproduce the seeds' tables (``privdl``, ``schemes``) under ``results/``."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..data import list_datasets
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("experiment", help="reproduce a result table (privdl, schemes) into results/")
+    inner = p.add_subparsers(dest="experiment", metavar="NAME", required=True)
+    a = inner.add_parser("privdl", help="PrivDL Table 1: plain, pre-trained, fine-tuned, keyed with/without key")
+    a.add_argument("--dataset", default="fashion-mnist", choices=list_datasets())
+    a.add_argument("--data-dir")
+    a.add_argument("--model", default="smallcnn")
+    a.add_argument("--epochs", type=int, default=2, help="plain training epochs (default 2)")
+    a.add_argument("--finetune-epochs", type=int, default=1)
+    a.add_argument("--limit", type=int, help="training images (default: all)")
+    a.add_argument("--test-limit", type=int, help="test images (default: all)")
+    a.add_argument("--mode", default="features", choices=("input", "features", "deformable"),
+                   help="keyed model mode (default features)")
+    a.add_argument("--batch-size", type=int, default=128)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("-o", "--output", default="results")
+    a.add_argument("--quiet", action="store_true")
+    a.set_defaults(func=run_privdl_cmd)
+    b = inner.add_parser("schemes", help="accuracy of the same recipe on every scheme, drop vs plain")
+    b.add_argument("--datasets", nargs="+", default=["fashion-mnist", "att-faces"], choices=list_datasets())
+    b.add_argument("--schemes", nargs="+", help="default: plain pixel etc le ele vit patch mix visualmixer")
+    b.add_argument("--epochs", type=int, help="epochs for every dataset (default: fashion-mnist 2, att-faces 25)")
+    b.add_argument("--limit", type=int, help="training images per dataset (default: fashion-mnist 10000, "
+                   "others all)")
+    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("-o", "--output", default="results")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=run_schemes_cmd)
+
+
+def _log(s: str) -> None:
+    print(s, flush=True)
+
+
+def run_privdl_cmd(args: argparse.Namespace) -> int:
+    from ..experiments import run_privdl
+
+    data = run_privdl(dataset=args.dataset, data_dir=args.data_dir, arch=args.model, epochs=args.epochs,
+                      finetune_epochs=args.finetune_epochs, batch_size=args.batch_size, limit=args.limit,
+                      test_limit=args.test_limit, mode=args.mode, seed=args.seed, out_dir=args.output,
+                      progress=not args.quiet, log=_log)
+    print(f"\n{data['wall_s']:.0f} s wall, {data['cpu_s']:.0f} s CPU; wrote " + ", ".join(data["files"]))
+    return 0
+
+
+def run_schemes_cmd(args: argparse.Namespace) -> int:
+    from ..experiments import SCHEMES, run_schemes
+
+    data = run_schemes(datasets=args.datasets, schemes=args.schemes or SCHEMES, epochs=args.epochs,
+                       limit=args.limit, batch_size=args.batch_size, seed=args.seed, out_dir=args.output,
+                       progress=not args.quiet, log=_log)
+    print(f"\n{data['wall_s']:.0f} s wall, {data['cpu_s']:.0f} s CPU; wrote " + ", ".join(data["files"]))
+    return 0
