@@ -20,7 +20,14 @@ from keyveil.models.functional import (
     taps_to_offsets,
     window_taps,
 )
-from keyveil.models.layers import DeformableConv2d, DeformablePool2d, FoldedLinear, PositionPermutation
+from keyveil.models.keyed_cnn import feature_permutation
+from keyveil.models.layers import (
+    DeformableConv2d,
+    DeformablePool2d,
+    FoldedLinear,
+    PositionPermutation,
+    StridedPointwiseConv2d,
+)
 
 KEY, OTHER = Key.from_seed(11), Key.from_seed(12)
 MODES = ("input", "features", "deformable")
@@ -166,6 +173,22 @@ def test_features_mode_structure():
     assert one_by_one.op == "call_module" and one_by_one.target == "8"
     assert not str(one_by_one.args[0].target).startswith("keyveil_unscramble")
     assert sum(isinstance(m, PositionPermutation) for m in mods.values()) == 8  # 4 spatial ops x (in, out)
+
+
+def test_strided_pointwise_conv_is_one_gather():
+    """A ResNet-style shortcut (1x1, stride 2) reads the scrambled input directly."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 1, stride=2), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(6 * 5 * 4, 3)).eval()
+    km = keyed(net, KEY, mode="features", input_size=(2, 9, 7))
+    layer = km.get_submodule("2")
+    assert isinstance(layer, StridedPointwiseConv2d)
+    pin, pout = feature_permutation(KEY, 9, 7, input_hw=(9, 7)), feature_permutation(KEY, 5, 4, input_hw=(9, 7))
+    x = torch.rand(2, 4, 9, 7)
+    ref = scramble(net[2](x), pout)
+    assert (layer(scramble(x, pin)) - ref).abs().max() < 1e-6
+    y = torch.rand(3, 2, 9, 7)
+    assert (km(schemes.create("pixel", KEY).encrypt(y)) - net(y)).abs().max() < 1e-5
 
 
 def test_training_mode_matches_too():

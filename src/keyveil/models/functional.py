@@ -64,22 +64,27 @@ def batch_rows_index(index: torch.Tensor, batch: int, rows_per_image: int, pad: 
     return flat.reshape(-1)
 
 
-def permute_positions(x: torch.Tensor, index: torch.Tensor, *, keep_format: bool = False) -> torch.Tensor:
+def permute_positions(
+    x: torch.Tensor, index: torch.Tensor, *, keep_format: bool = False, out_hw: tuple[int, int] | None = None,
+) -> torch.Tensor:
     """``y[b, c].flatten()[k] = x[b, c].flatten()[index[k]]`` for ``(B,C,H,W)`` maps.
 
     The gather runs over rows of ``C`` contiguous values (channels-last
     memory) and returns a channels-last tensor, unless ``keep_format`` asks
-    for the input's memory format back (used by the ``input`` mode, so the
-    plain model downstream runs exactly as it would on plain input).
+    for the input's memory format back (then a contiguous input is gathered
+    plane by plane). ``index`` may also pick fewer positions than it has
+    (a subsampling), arranged as ``out_hw``.
 
     Shape:
-        x: ``(B, C, H, W)``; index: ``(H*W,)`` int64; returns ``(B, C, H, W)``.
+        x: ``(B, C, H, W)``; index: ``(Hout*Wout,)`` int64 (default ``(H*W,)``);
+        returns ``(B, C, Hout, Wout)``.
     """
     b, c, h, w = x.shape
+    hout, wout = (h, w) if out_hw is None else out_hw
     if keep_format and x.is_contiguous() and c > 1:
-        return x.reshape(b * c, h * w).index_select(1, index).view(b, c, h, w)
+        return x.reshape(b * c, h * w).index_select(1, index).view(b, c, hout, wout)
     flat = batch_rows_index(index, b, h * w)
-    return _from_rows(_rows(x).index_select(0, flat), b, h, w)
+    return _from_rows(_rows(x).index_select(0, flat), b, hout, wout)
 
 
 def conv_window(

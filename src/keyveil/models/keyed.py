@@ -177,8 +177,9 @@ def keyed(
 
     Returns:
         The keyed model (an ``nn.Module``; in ``features``/``deformable`` mode
-        a ``torch.fx.GraphModule``; feed it channels-last input, and convert
-        it with ``.to(memory_format=torch.channels_last)``, for speed), with
+        a ``torch.fx.GraphModule`` that keeps the input's memory format:
+        its gathers run over rows of C contiguous values for channels-last
+        input, over each channel's plane otherwise), with
         ``keyveil_config`` (:class:`KeyedConfig`) set. Its index buffers move
         with ``.to(device)``; it accepts any batch size.
 

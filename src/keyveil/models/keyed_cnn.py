@@ -7,7 +7,8 @@ Three modes:
   for its size (``feature/{h}x{w}``; the input size uses the pixel scheme's
   π). Each convolution or pooling becomes ``P_out(op(P_in⁻¹ x))``, the
   gathers running over channels-last rows when the input is channels-last
-  (the fast layout; otherwise the input's memory format is kept); 1×1 stride-1 unpadded convs,
+  (the fast layout; otherwise the input's memory format is kept); a strided
+  1×1 conv (ResNet shortcut) reads its input positions with one gather; 1×1 stride-1 unpadded convs,
   BatchNorm, activations, residual additions and channel concatenations act
   position-wise and are left alone; a ``Linear`` fed by a flattened map gets
   the permutation folded into its columns.
@@ -29,7 +30,14 @@ from ..schemes.functional import invert_permutation
 from ..schemes.pixel import pixel_permutation
 from .analysis import Analysis, _shape, analyze, propagate_shapes, trace
 from .errors import UnsupportedModelError
-from .layers import DeformableConv2d, DeformablePool2d, FoldedLinear, KeyMaterial, PositionPermutation
+from .layers import (
+    DeformableConv2d,
+    DeformablePool2d,
+    FoldedLinear,
+    KeyMaterial,
+    PositionPermutation,
+    StridedPointwiseConv2d,
+)
 
 __all__ = ["feature_permutation", "keyed_cnn", "InputUnscrambled", "CNN_MODES"]
 
@@ -102,10 +110,12 @@ def keyed_cnn(
             perms[hh, ww] = feature_permutation(key, hh, ww, input_hw=(h, w))
         return perms[hh, ww]
 
+    device, dtype = _device_dtype(model)
     if mode == "input":
-        return InputUnscrambled(model, perm(h, w), (h, w))
+        out = InputUnscrambled(model, perm(h, w), (h, w))
+        out.unscramble.to(device)
+        return out
     gm = trace(model)
-    device, dtype = _device_dtype(gm)
     propagate_shapes(gm, torch.zeros(1, c, h, w, device=device, dtype=dtype))
     result = analyze(gm, mode=mode)
     if result.problems:
@@ -147,6 +157,14 @@ def _rewrite(gm: fx.GraphModule, result: Analysis, *, mode: str, perm, kernel: s
         in_shape, out_shape = _shape(src), _shape(node)
         in_hw, out_hw = (in_shape[2], in_shape[3]), (out_shape[2], out_shape[3])
         module = gm.get_submodule(node.target)
+        if mode == "features" and isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and (
+            module.padding == (0, 0)
+        ):  # strided 1x1 conv: one gather straight from the scrambled input to the scrambled output
+            in_perm = perm(*in_hw) if in_lay is not None else None
+            out_perm = perm(*out_hw) if out_lay is not None else None
+            place(node, StridedPointwiseConv2d(module, in_hw=in_hw, out_hw=out_hw, in_perm=in_perm,
+                                               out_perm=out_perm))
+            continue
         if mode == "features":
             if in_lay is not None:
                 u = plain_copies.get(src)

@@ -25,7 +25,14 @@ from .functional import (
     window_taps,
 )
 
-__all__ = ["KeyMaterial", "PositionPermutation", "FoldedLinear", "DeformableConv2d", "DeformablePool2d"]
+__all__ = [
+    "KeyMaterial",
+    "PositionPermutation",
+    "FoldedLinear",
+    "StridedPointwiseConv2d",
+    "DeformableConv2d",
+    "DeformablePool2d",
+]
 
 
 class KeyMaterial:
@@ -105,6 +112,41 @@ class FoldedLinear(KeyMaterial, nn.Linear):
         plain[:, self.column_index.to(w.device)] = w
         state[prefix + "weight"] = plain
         super().to_plain_state(prefix, state)
+
+
+class StridedPointwiseConv2d(KeyMaterial, nn.Module):
+    """A 1×1 unpadded convolution with stride > 1 on scrambled maps: one gather, then a 1×1 conv.
+
+    Such a convolution reads one input position per output position, so the
+    un-scramble, the subsampling and the output scramble compose into a
+    single gather of the (smaller) output grid; the ``features`` mode uses it
+    for ResNet-style downsampling shortcuts. The parameters keep the plain
+    ``Conv2d``'s names and shapes.
+    """
+
+    key_buffers = ("index",)
+
+    def __init__(
+        self, conv: nn.Conv2d, *, in_hw: tuple[int, int], out_hw: tuple[int, int], in_perm: torch.Tensor | None,
+        out_perm: torch.Tensor | None,
+    ) -> None:
+        super().__init__()
+        self.weight, self.bias = conv.weight, conv.bias
+        self.groups = conv.groups
+        self.in_hw, self.out_hw = tuple(in_hw), tuple(out_hw)
+        s = _pair(conv.stride)
+        rows = conv_window(in_hw[0], out_hw[0], 1, s[0], 0, 1)
+        cols = conv_window(in_hw[1], out_hw[1], 1, s[1], 0, 1)
+        index = window_taps(rows, cols, self.in_hw, in_perm=in_perm, out_perm=out_perm)[:, 0]
+        self.register_buffer("index", index.to(conv.weight.device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_hw(x, self.in_hw, "StridedPointwiseConv2d")
+        sub = permute_positions(x, self.index, keep_format=True, out_hw=self.out_hw)
+        return torch.nn.functional.conv2d(sub, self.weight, self.bias, groups=self.groups)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, in_hw={self.in_hw}, out_hw={self.out_hw}"
 
 
 class DeformableConv2d(KeyMaterial, nn.Module):
