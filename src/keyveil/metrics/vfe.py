@@ -95,8 +95,10 @@ def window_sums(dh: torch.Tensor, dv: torch.Tensor, window: int) -> tuple[torch.
     # A difference at in-window offset s-1 crosses into the next region: weight 0.
     keep_col = (torch.arange(1, w1 + 1, device=dh.device) % s != 0).to(dh.dtype)
     keep_row = (torch.arange(1, h, device=dh.device) % s != 0).to(dh.dtype)[:, None]
-    total = dh.new_zeros(n, hp, wp)
-    total[:, :h, :w1].addcmul_(dh, keep_col)
+    total = dh.new_empty(n, hp, wp)
+    torch.mul(dh, keep_col, out=total[:, :h, :w1])
+    total[:, :h, w1:] = 0
+    total[:, h:] = 0
     total[:, : h - 1, :w].addcmul_(dv, keep_row)
     sums = F.avg_pool2d(total[:, None], s, s, divisor_override=1)[:, 0]
     rows = torch.clamp(h - torch.arange(nh, device=dh.device) * s, max=s)

@@ -131,14 +131,13 @@ def _planes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Channel-summed squared differences of a batch (float32, any scale)."""
     b, c, h, w = x.shape
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    dh = x.new_zeros(b, h, w - 1, dtype=dtype)
-    dv = x.new_zeros(b, h - 1, w, dtype=dtype)
+    dh = dv = None
     for ch in range(c):  # a loop over the few channels keeps temporaries small
         plane = x[:, ch].to(dtype)
         d = plane[:, :, 1:] - plane[:, :, :-1]
-        dh.addcmul_(d, d)
+        dh = d.square_() if dh is None else dh.addcmul_(d, d)
         d = plane[:, 1:, :] - plane[:, :-1, :]
-        dv.addcmul_(d, d)
+        dv = d.square_() if dv is None else dv.addcmul_(d, d)
     return dh, dv
 
 
