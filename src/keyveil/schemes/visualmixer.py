@@ -10,14 +10,18 @@ The pixels inside every window are then permuted uniformly at random; with
 Two pure kernels do the work, both batched with no Python loop over pixels or
 windows: :func:`quadtree_windows` (image -> :class:`WindowLayout`) and
 :func:`shuffle_windows` (image + layout + randomness -> scrambled image).
-Windows of one size across the whole batch are pulled out with one gather into
-a ``(positions, windows)`` array and shuffled there by a Fisher–Yates shuffle
-vectorized over all windows (the Python loop runs over the ``WS**2 - 1``
-positions, each step a handful of whole-array ops), then written back with
-one scatter.
+One gather puts every image into a z-order layout in which every window of
+every level is a contiguous run of pixels; the windows of one size across the
+whole batch are then gathered as rows of one ``(windows, WS*WS)`` array and
+shuffled by a Fisher–Yates shuffle vectorized over all of them (the Python
+loop runs over the ``WS**2 - 1`` positions, each step a handful of
+whole-array ops), written back, and one gather restores the raster layout.
+Sorting random keys per window (``argsort``) is 2-4x slower on CPU (see
+``benchmarks/bench_visualmixer.py``); the CPU path runs the index steps through
+numpy views of the same memory, which index faster than torch here.
 
 Our readings (DESIGN.md §3.4): window sides are ``ws_min * 2**l`` (the
-paper's powers of two when ``ws_min`` is one); a window that does not fit
+paper's powers of two when ``ws_min`` is 1, 2, 4, ...); a window that does not fit
 inside the image at the right/bottom edge is clipped and its pixels are
 shuffled among themselves; the median is the lower median of the top-level
 windows' channel-mean VFE.
