@@ -6,7 +6,7 @@ interleaved order; the scheme is applied to every batch as it is fetched
 (``EncryptedDataset``, one batched call per batch). Prints the median
 images/s per scheme and the median of the per-repetition ratios to plain.
 
-    .venv/bin/python benchmarks/bench_train.py --images 3072 --repeats 5
+    .venv/bin/python benchmarks/bench_train.py --images 1536 --repeats 5
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ SCHEMES = ["pixel", "etc", "le", "visualmixer"]
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=3072)
+    p.add_argument("--images", type=int, default=1536)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
@@ -61,6 +61,7 @@ def main() -> None:
             t = time.perf_counter()
             stats = train_epoch(model, loader, opt, device="cpu")
             this[k] = stats["n"] / (time.perf_counter() - t)
+        print(f"round {rep}: " + ", ".join(f"{k} {v:.0f} img/s" for k, v in this.items()), flush=True)
         if rep == 0:
             continue
         for k, v in this.items():

@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = inner.add_parser("schemes", help="accuracy of the same recipe on every scheme, drop vs plain")
     b.add_argument("--datasets", nargs="+", default=["fashion-mnist", "att-faces"], choices=list_datasets())
     b.add_argument("--schemes", nargs="+", help="default: plain pixel etc le ele vit patch mix visualmixer")
-    b.add_argument("--epochs", type=int, help="epochs for every dataset (default: fashion-mnist 2, att-faces 25)")
+    b.add_argument("--epochs", nargs="+", metavar="N|DATASET=N",
+                   help="epochs for every dataset, or per dataset (default: fashion-mnist=2 att-faces=25)")
     b.add_argument("--limit", type=int, help="training images per dataset (default: fashion-mnist 10000, "
                    "others all)")
     b.add_argument("--batch-size", type=int, default=64)
@@ -56,7 +57,16 @@ def run_privdl_cmd(args: argparse.Namespace) -> int:
 def run_schemes_cmd(args: argparse.Namespace) -> int:
     from ..experiments import SCHEMES, run_schemes
 
-    data = run_schemes(datasets=args.datasets, schemes=args.schemes or SCHEMES, epochs=args.epochs,
+    epochs: dict[str, int] | int | None = None
+    for item in args.epochs or []:
+        name, sep, n = item.rpartition("=")
+        if not n.isdigit() or int(n) < 1:
+            raise ValueError(f"--epochs {item!r}: expected N or DATASET=N with N >= 1")
+        if sep:
+            epochs = {**(epochs if isinstance(epochs, dict) else {}), name: int(n)}
+        else:
+            epochs = int(n)
+    data = run_schemes(datasets=args.datasets, schemes=args.schemes or SCHEMES, epochs=epochs,
                        limit=args.limit, batch_size=args.batch_size, seed=args.seed, out_dir=args.output,
                        progress=not args.quiet, log=_log)
     print(f"\n{data['wall_s']:.0f} s wall, {data['cpu_s']:.0f} s CPU; wrote " + ", ".join(data["files"]))
