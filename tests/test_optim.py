@@ -145,7 +145,7 @@ def test_trains_a_small_cnn_on_visualmixer_scrambled_mnist():
         before = float(loss_fn(model(test_x), test_y))  # the no-op optimizer's loss
     opt = STAdam(model.parameters(), lr=2e-3, momentum=0.5, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(0)
-    for _ in range(4):
+    for _ in range(3):
         for idx in torch.randperm(800, generator=gen).split(50):
             opt.zero_grad()
             loss_fn(model(train_x[idx]), train_y[idx]).backward()
