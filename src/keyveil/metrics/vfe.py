@@ -96,7 +96,10 @@ def window_sums(dh: torch.Tensor, dv: torch.Tensor, window: int) -> tuple[torch.
     keep_col = (torch.arange(1, w1 + 1, device=dh.device) % s != 0).to(dh.dtype)
     keep_row = (torch.arange(1, h, device=dh.device) % s != 0).to(dh.dtype)[:, None]
     total = dh.new_empty(n, hp, wp)
-    torch.mul(dh, keep_col, out=total[:, :h, :w1])
+    if dh.requires_grad:  # out= does not take part in autograd
+        total[:, :h, :w1] = dh * keep_col
+    else:
+        torch.mul(dh, keep_col, out=total[:, :h, :w1])
     total[:, :h, w1:] = 0
     total[:, h:] = 0
     total[:, : h - 1, :w].addcmul_(dv, keep_row)

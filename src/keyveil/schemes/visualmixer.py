@@ -400,6 +400,7 @@ def shuffle_windows(
     Returns:
         The scrambled batch, same shape, dtype and device.
     """
+    x = x.detach()
     b, c, h, w = x.shape
     geo = _z_geometry(h, w, layout.sizes, x.device)
     hp, wp = geo.hp, geo.wp
@@ -612,6 +613,7 @@ class VisualMixer(Scheme):
         return quadtree_windows(batch, self.sizes, min_level=self._min_level(batch))
 
     def _encrypt(self, x: torch.Tensor, *, generator: torch.Generator | None, nonce: Nonce | None) -> torch.Tensor:
+        x = x.detach()
         b, c, h, w = x.shape
         top = self.sizes[0]
         hp, wp = -(-h // top) * top, -(-w // top) * top
