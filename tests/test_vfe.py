@@ -146,3 +146,8 @@ def test_cli_prints_the_vfe_of_each_image(tmp_path, capsys):
     assert out[0] == str(path)
     assert float(out[1]) == pytest.approx(float(vfe(photo, window=8)[0]), abs=1e-6)
     assert main(["vfe", str(tmp_path / "missing.png")]) == 1
+
+
+def test_vfe_is_differentiable():
+    x = torch.rand(1, 2, 9, 9, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: vfe(t, window=4), (x,))

@@ -242,3 +242,13 @@ def test_take_torch_path_equals_numpy_path():
     for x in (torch.rand(3, 20, generator=gen), torch.randint(0, 256, (2, 20, 3), dtype=torch.uint8)):
         a, b = _take(x, index, use_numpy=True), _take(x, index, use_numpy=False)
         assert torch.equal(a, b) and torch.equal(a, x[:, index]) and a.dtype == x.dtype
+
+
+def test_half_precision_grad_and_strided_inputs():
+    gen = torch.Generator().manual_seed(4)
+    x = torch.rand(2, 3, 20, 24, generator=gen)
+    s = mixer(None, ws_max=4)
+    for inp in (x.half(), x.to(torch.bfloat16), x.clone().requires_grad_(), x.transpose(2, 3)):
+        y = s.encrypt(inp, generator=torch.Generator().manual_seed(0))
+        assert y.dtype == inp.dtype and y.shape == inp.shape
+        assert torch.equal(y.detach().flatten(1).sort(1).values, inp.detach().flatten(1).sort(1).values)
