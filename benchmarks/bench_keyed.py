@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import time
 import warnings
@@ -106,7 +107,8 @@ def main() -> None:
         print(f"| {r[0]} | {r[1]}x{r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]:.1f} | {r[6]:.1f} | {r[7]:.3f} | "
               f"{r[8]:.3f} | {r[9]:.2f} | {r[10]:.2f} |")
     print(f"\n{args.reps} back-to-back (plain, keyed) pairs per cell; ms columns are medians; torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads")
+          f"{torch.__version__}, {torch.get_num_threads()} threads; load average at the end "
+          f"{os.getloadavg()[0]:.1f} (other jobs share the machine)")
 
 
 if __name__ == "__main__":
