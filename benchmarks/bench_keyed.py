@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--formats", nargs="+", default=["channels_last", "contiguous"])
+    ap.add_argument("--modes", nargs="+", default=None, help="only these modes (default: all of each case)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     key = Key.from_seed(0)
@@ -70,7 +71,7 @@ def main() -> None:
         size, batch = case["size"], case["batch"]
         torch.manual_seed(0)
         base = torchvision.models.get_model(arch).eval()
-        for mode in case["modes"]:
+        for mode in [m for m in case["modes"] if args.modes is None or m in args.modes]:
             conv_check = convert_time(base, key, mode, size, check=True)
             conv_nocheck = convert_time(base, key, mode, size, check=False)
             for fmt in case.get("formats", args.formats):
