@@ -67,10 +67,12 @@ class PatchShuffle(_PatchGeometry):
         >>> import torch
         >>> from keyveil import schemes
         >>> s = schemes.create("patch", patch_size=4)
-        >>> x = torch.rand(2, 3, 8, 8)
+        >>> x = torch.rand(2, 3, 32, 32)  # 64 patches per image
         >>> y = s.encrypt(x)
-        >>> bool(torch.equal(y.sort(dim=-1).values.sum(), x.sort(dim=-1).values.sum()))
+        >>> bool(torch.equal(y.flatten(1).sort().values, x.flatten(1).sort().values))
         True
+        >>> bool(torch.equal(y, x))
+        False
 
     Notes:
         Patch order is a jigsaw puzzle; patch contents are untouched, so the
