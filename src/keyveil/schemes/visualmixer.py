@@ -18,7 +18,11 @@ loop runs over the ``WS**2 - 1`` positions, each step a handful of
 whole-array ops), written back, and one gather restores the raster layout.
 Sorting random keys per window (``argsort``) is 2-4x slower on CPU (see
 ``benchmarks/bench_visualmixer.py``); the CPU path runs the index steps through
-numpy views of the same memory, which index faster than torch here.
+numpy views of the same memory, which index faster than torch here. A large
+batch is cut into chunks of ~2M values (they stay in cache); on CPU the chunks
+run on ``torch.get_num_threads()`` threads (numpy's indexing releases the GIL),
+each with its own generator seeded in order, so the output for a given
+generator does not depend on the thread count.
 
 Our readings (DESIGN.md §3.4): window sides are ``ws_min * 2**l`` (the
 paper's powers of two when ``ws_min`` is 1, 2, 4, ...); a window that does not fit
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
@@ -369,6 +374,12 @@ def _take(x: torch.Tensor, index: torch.Tensor, *, use_numpy: bool | None = None
     return x.gather(1, index.view(1, -1, *([1] * (x.dim() - 2))).expand(shape))
 
 
+def _child_generator(generator: torch.Generator) -> torch.Generator:
+    """A CPU generator seeded from ``generator`` (independent streams for parallel chunks)."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+    return torch.Generator().manual_seed(seed)
+
+
 def _seeded_numpy(generator: torch.Generator) -> np.random.Generator:
     """A fast PCG64 stream whose seed is drawn from ``generator`` (so it is reproducible)."""
     seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
@@ -632,9 +643,22 @@ class VisualMixer(Scheme):
         if b <= step:
             return self._encrypt_chunk(x, generator, uniforms)
         out = torch.empty_like(x, memory_format=torch.contiguous_format)
-        for i in range(0, b, step):
+        starts = range(0, b, step)
+        # Every chunk gets its own generator, seeded in order from ``generator``,
+        # so the output does not depend on how the chunks are scheduled.
+        gens = [None if uniforms is not None else _child_generator(generator) for _ in starts]
+
+        def run(i: int, gen: torch.Generator | None) -> None:
             part = None if uniforms is None else uniforms[i : i + step]
-            out[i : i + step] = self._encrypt_chunk(x[i : i + step], generator, part)
+            out[i : i + step] = self._encrypt_chunk(x[i : i + step], gen, part)
+
+        workers = min(torch.get_num_threads(), len(starts)) if x.device.type == "cpu" else 1
+        if workers > 1:  # numpy's indexing releases the GIL: chunks run on all cores
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(run, starts, gens))
+        else:
+            for i, gen in zip(starts, gens):
+                run(i, gen)
         return out
 
     def _encrypt_chunk(self, x: torch.Tensor, generator: torch.Generator | None,
