@@ -273,6 +273,6 @@ def test_chunked_batches_are_reproducible_and_permute_windows():
     a = outs[0]
     assert torch.equal(a, outs[1]) and torch.equal(a, outs[2]) and not torch.equal(a, other)
     assert not torch.equal(a[-1], x[-1])  # the last chunk was shuffled too
-    picks = [0, 681, 682, 1499]  # both sides of a chunk border
+    picks = [0, 374, 375, 1499]  # both sides of a chunk border (4 chunks of 375)
     layout = s.windows(x[picks])
     assert check_windows_are_permuted(x[picks], a[picks], layout, True) > 0
