@@ -52,6 +52,7 @@ from .errors import SchemeError
 from .registry import register_scheme
 
 _CHUNK_VALUES = 1 << 21
+_PRECOMPUTE_PARTNERS = 1 << 20
 
 __all__ = ["VisualMixer", "WindowLayout", "window_sizes", "quadtree_windows", "shuffle_windows"]
 
@@ -321,7 +322,15 @@ def _fisher_yates_(
         base = np.arange(0, n * k, n, dtype=np.int64)
         bits = 32 - max(1, math.ceil(math.log2(n)))
         shift = np.uint32(32 - bits)
-        idx = None if words else jumps.numpy().astype(np.int64, copy=False)
+        if words and n * k <= _PRECOMPUTE_PARTNERS:  # few items: all partners at once, 3 ops a step
+            r = jumps >> shift
+            r *= np.arange(1, n + 1, dtype=np.uint32)[:, None]
+            r >>= np.uint32(bits)
+            idx = r.astype(np.int64)
+            idx += base
+            words = False
+        else:
+            idx = None if words else jumps.numpy().astype(np.int64, copy=False)
         for t in range(n - 1, 0, -1):
             if words:
                 r = jumps[t] >> shift
@@ -639,10 +648,11 @@ class VisualMixer(Scheme):
             generator = _fresh_generator()
         # Work in balanced chunks of at most ~2M values: temporaries stay in cache
         # and below the allocator's mmap threshold (a 2-3x speed-up on CPU at
-        # 224x224). Past a quarter of that, the count is even, so two cores
-        # share the work equally. The split depends only on the batch's shape.
+        # 224x224). An even count lets two cores share the work equally; a
+        # batch of one chunk stays on one thread (for small windows two
+        # threads mostly wait on each other). The split depends only on the shape.
         values = b * c * hp * wp
-        if values <= _CHUNK_VALUES // 4 or b == 1:
+        if values <= _CHUNK_VALUES or b == 1:
             return self._encrypt_chunk(x, generator, uniforms)
         chunks = -(-values // _CHUNK_VALUES)
         step = -(-b // min(b, chunks + chunks % 2))
