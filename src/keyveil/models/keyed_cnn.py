@@ -6,8 +6,8 @@ Three modes:
 * ``features``: every feature map stays scrambled with the key's permutation
   for its size (``feature/{h}x{w}``; the input size uses the pixel scheme's
   π). Each convolution or pooling becomes ``P_out(op(P_in⁻¹ x))``, the
-  gathers running over channels-last rows when the input is channels-last
-  (the fast layout; otherwise the input's memory format is kept); a strided
+  gathers running over channels-last rows (3-7x faster than plane by plane),
+  so the maps are channels-last from the first gather on; a strided
   1×1 conv (ResNet shortcut) reads its input positions with one gather; 1×1 stride-1 unpadded convs,
   BatchNorm, activations, residual additions and channel concatenations act
   position-wise and are left alone; a ``Linear`` fed by a flattened map gets
@@ -170,14 +170,15 @@ def _rewrite(gm: fx.GraphModule, result: Analysis, *, mode: str, perm, kernel: s
                 u = plain_copies.get(src)
                 if u is None:  # one un-scrambled copy per scrambled map, shared by its spatial consumers
                     name = new_name("unscramble")
-                    gm.add_submodule(name, PositionPermutation(invert_permutation(perm(*in_hw)), in_hw).to(device))
+                    gm.add_submodule(name, PositionPermutation(invert_permutation(perm(*in_hw)), in_hw,
+                                                                  keep_format=False).to(device))
                     with graph.inserting_after(src):
                         u = plain_copies[src] = graph.call_module(name, (src,))
                     u.meta = dict(src.meta)
                 node.replace_input_with(src, u)
             if out_lay is not None:
                 name = new_name("scramble")
-                gm.add_submodule(name, PositionPermutation(perm(*out_hw), out_hw).to(device))
+                gm.add_submodule(name, PositionPermutation(perm(*out_hw), out_hw, keep_format=False).to(device))
                 with graph.inserting_after(node):
                     s = graph.call_module(name, (node,))
                 s.meta = dict(node.meta)

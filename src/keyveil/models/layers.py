@@ -142,7 +142,7 @@ class StridedPointwiseConv2d(KeyMaterial, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_hw(x, self.in_hw, "StridedPointwiseConv2d")
-        sub = permute_positions(x, self.index, keep_format=True, out_hw=self.out_hw)
+        sub = permute_positions(x, self.index, out_hw=self.out_hw)  # channels-last rows
         return torch.nn.functional.conv2d(sub, self.weight, self.bias, groups=self.groups)
 
     def extra_repr(self) -> str:
