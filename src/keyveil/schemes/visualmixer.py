@@ -308,7 +308,8 @@ def _fisher_yates_(
     indices of :func:`_jumps`, or ``(n, k)`` uint32 random words from which
     step ``t`` draws its partners ``floor(r * (t+1) / 2**b)`` on the fly (``r``
     the top ``b = 32 - ceil(log2 n)`` bits; bias below ``n / 2**b``, i.e.
-    ``2**-16`` for 16x16 windows), which keeps every step in cache. On CPU the
+    ``2**-16`` for 16x16 windows), which keeps every step in cache (up to
+    ``_PRECOMPUTE_PARTNERS`` items, all partners are computed at once). On CPU the
     steps run through numpy indexing on zero-copy views (~2x faster than
     torch's index ops here).
     """
@@ -383,16 +384,18 @@ def _take(x: torch.Tensor, index: torch.Tensor, *, use_numpy: bool | None = None
     return x.gather(1, index.view(1, -1, *([1] * (x.dim() - 2))).expand(shape))
 
 
+def _draw_seed(generator: torch.Generator) -> int:
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+
+
 def _child_generator(generator: torch.Generator) -> torch.Generator:
     """A CPU generator seeded from ``generator`` (independent streams for parallel chunks)."""
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator().manual_seed(_draw_seed(generator))
 
 
 def _seeded_numpy(generator: torch.Generator) -> np.random.Generator:
     """A fast PCG64 stream whose seed is drawn from ``generator`` (so it is reproducible)."""
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
-    return np.random.Generator(np.random.PCG64(seed))
+    return np.random.Generator(np.random.PCG64(_draw_seed(generator)))
 
 
 def shuffle_windows(
