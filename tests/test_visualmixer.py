@@ -254,12 +254,11 @@ def test_half_precision_grad_and_strided_inputs():
         assert torch.equal(y.detach().flatten(1).sort(1).values, inp.detach().flatten(1).sort(1).values)
 
 
-
 def test_chunked_batches_are_reproducible_and_permute_windows():
     """A batch of several ~2M-value chunks (run in parallel on CPU threads) keeps the contract,
     and its output does not depend on the number of threads."""
     s = mixer(None, ws_min=2, ws_max=8)
-    x = random_images((1500, 3, 32, 32), torch.uint8, seed=7)  # 3 chunks at 32x32x3
+    x = random_images((1500, 3, 32, 32), torch.uint8, seed=7)  # 4.6M values: 4 chunks of 375
     x[:, :, :16] //= 16
     before = torch.get_num_threads()
     outs = []
@@ -273,6 +272,6 @@ def test_chunked_batches_are_reproducible_and_permute_windows():
     a = outs[0]
     assert torch.equal(a, outs[1]) and torch.equal(a, outs[2]) and not torch.equal(a, other)
     assert not torch.equal(a[-1], x[-1])  # the last chunk was shuffled too
-    picks = [0, 374, 375, 1499]  # both sides of a chunk border (4 chunks of 375)
+    picks = [0, 374, 375, 1499]  # both sides of a chunk border
     layout = s.windows(x[picks])
     assert check_windows_are_permuted(x[picks], a[picks], layout, True) > 0

@@ -18,9 +18,10 @@ loop runs over the ``WS**2 - 1`` positions, each step a handful of
 whole-array ops), written back, and one gather restores the raster layout.
 Sorting random keys per window (``argsort``) is 2-4x slower on CPU (see
 ``benchmarks/bench_visualmixer.py``); the CPU path runs the index steps through
-numpy views of the same memory, which index faster than torch here. A large
-batch is cut into chunks of ~2M values (they stay in cache); on CPU the chunks
-run on ``torch.get_num_threads()`` threads (numpy's indexing releases the GIL),
+numpy views of the same memory, which index faster than torch here. A batch
+of more than ~2M values is cut into an even number of balanced chunks (they
+stay in cache); on CPU the chunks run on ``torch.get_num_threads()`` threads
+(numpy's indexing releases the GIL),
 each with its own generator seeded in order, so the output for a given
 generator does not depend on the thread count.
 
@@ -270,22 +271,32 @@ def _jumps(u: torch.Tensor) -> torch.Tensor:
     return jumps.add_(torch.arange(k, device=u.device) * n)
 
 
-def _random_jumps(rng: np.random.Generator, n: int, k: int) -> torch.Tensor:
-    """Fisher–Yates partners from a PCG64 stream, as flat item indices (see :func:`_jumps`).
+def _partner_bits(n: int) -> int:
+    """``b = 32 - ceil(log2 n)``: random bits per Fisher–Yates step for windows of ``n`` items."""
+    return 32 - max(1, math.ceil(math.log2(n)))
 
-    ``floor(r * (t+1) / 2**b)`` of ``b``-bit random integers ``r`` with
-    ``b = 32 - ceil(log2 n)`` (24 bits for windows up to 16x16): the bias is
-    below ``n / 2**b`` (``2**-16`` for 16x16 windows). Computed in numpy on
-    32-bit words, ~2x faster than float uniforms in torch.
+
+def _partners(words: np.ndarray) -> np.ndarray:
+    """Fisher–Yates partners from ``(n, k)`` uint32 words, as flat item indices (see :func:`_jumps`).
+
+    Step ``t`` of window ``w`` swaps with ``w * n + floor(r * (t+1) / 2**b)``, ``r`` the
+    top ``b = 32 - ceil(log2 n)`` bits of its word (24 bits for windows up to 16x16):
+    the bias is below ``n / 2**b`` (``2**-16`` for 16x16 windows). Integer arithmetic
+    on 32-bit words, ~2x faster than float uniforms in torch.
     """
-    bits = 32 - max(1, math.ceil(math.log2(n)))
-    raw = rng.bit_generator.random_raw((n * k + 1) // 2).view(np.uint32)[: n * k].reshape(n, k)
-    r = raw >> np.uint32(32 - bits)
+    n, k = words.shape
+    bits = _partner_bits(n)
+    r = words >> np.uint32(32 - bits)
     r *= np.arange(1, n + 1, dtype=np.uint32)[:, None]
     r >>= np.uint32(bits)
-    jumps = r.astype(np.int64)  # int64: numpy fancy indexing is ~2x faster than with int32
-    jumps += np.arange(0, n * k, n, dtype=np.int64)
-    return torch.from_numpy(jumps)
+    partners = r.astype(np.int64)  # int64: numpy fancy indexing is ~2x faster than with int32
+    partners += np.arange(0, n * k, n, dtype=np.int64)
+    return partners
+
+
+def _random_jumps(rng: np.random.Generator, n: int, k: int) -> torch.Tensor:
+    """Fisher–Yates partners from a PCG64 stream, as a tensor of flat item indices."""
+    return torch.from_numpy(_partners(_random_words(rng, n, k)))
 
 
 _SAME_SIZE_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -321,15 +332,10 @@ def _fisher_yates_(
             arr = arr.reshape(k, n)
         items = arr.reshape(k * n, g) if g > 1 else arr.reshape(k * n)
         base = np.arange(0, n * k, n, dtype=np.int64)
-        bits = 32 - max(1, math.ceil(math.log2(n)))
+        bits = _partner_bits(n)
         shift = np.uint32(32 - bits)
         if words and n * k <= _PRECOMPUTE_PARTNERS:  # few items: all partners at once, 3 ops a step
-            r = jumps >> shift
-            r *= np.arange(1, n + 1, dtype=np.uint32)[:, None]
-            r >>= np.uint32(bits)
-            idx = r.astype(np.int64)
-            idx += base
-            words = False
+            idx, words = _partners(jumps), False
         else:
             idx = None if words else jumps.numpy().astype(np.int64, copy=False)
         for t in range(n - 1, 0, -1):
