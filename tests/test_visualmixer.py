@@ -234,6 +234,27 @@ def test_fisher_yates_torch_path_equals_numpy_path(g):
     assert torch.equal(packed[0], packed[1])
 
 
+@pytest.mark.parametrize("shape", [(4, 3, 32, 32), (5, 1, 28, 28), (3, 3, 9, 13), (2, 2, 20, 12)])
+@pytest.mark.parametrize("channel_shuffle", [True, False])
+def test_torch_path_equals_numpy_path(monkeypatch, shape, channel_shuffle):
+    """The torch ops used off-CPU give exactly the numpy path's output, keyed or from a generator,
+    clipped edge windows included."""
+    from keyveil.schemes import visualmixer as vm
+
+    x = random_images(shape, torch.uint8, seed=3)
+    x[:, :, : shape[2] // 2] //= 16  # flat half: windows of every size
+    s = mixer(1, channel_shuffle=channel_shuffle)
+    outs = []
+    for numpy_on_cpu in (True, False):
+        monkeypatch.setattr(vm, "_NUMPY_ON_CPU", numpy_on_cpu)
+        outs.append((s.encrypt(x, nonce=list(range(shape[0]))),
+                     s.encrypt(x, generator=torch.Generator().manual_seed(8))))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    assert not torch.equal(outs[0][0], x)
+    layout = s.windows(x)
+    assert check_windows_are_permuted(x, outs[0][1], layout, channel_shuffle) > 0
+
+
 def test_take_torch_path_equals_numpy_path():
     from keyveil.schemes.visualmixer import _take
 
@@ -252,6 +273,23 @@ def test_half_precision_grad_and_strided_inputs():
         y = s.encrypt(inp, generator=torch.Generator().manual_seed(0))
         assert y.dtype == inp.dtype and y.shape == inp.shape
         assert torch.equal(y.detach().flatten(1).sort(1).values, inp.detach().flatten(1).sort(1).values)
+
+
+def test_worker_threads_run_torch_single_threaded_and_caller_keeps_its_count():
+    """Chunks run on a lasting pool whose threads were started with one torch thread
+    (else every worker would start its own OpenMP team and they would fight for the cores)."""
+    from keyveil.schemes import visualmixer as vm
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        vm._forget_pool()
+        pool = vm._worker_pool(2)
+        assert torch.get_num_threads() == 2
+        assert sorted(pool.map(lambda _: torch.get_num_threads(), range(8))) == [1] * 8
+        assert vm._worker_pool(2) is pool  # reused, not rebuilt
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_chunked_batches_are_reproducible_and_permute_windows():

@@ -35,6 +35,8 @@ windows' channel-mean VFE.
 from __future__ import annotations
 
 import math
+import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,9 +55,18 @@ from .errors import SchemeError
 from .registry import register_scheme
 
 _CHUNK_VALUES = 1 << 21
+_PARALLEL_VALUES = 1 << 18
 _PRECOMPUTE_PARTNERS = 1 << 20
 
 __all__ = ["VisualMixer", "WindowLayout", "window_sizes", "quadtree_windows", "shuffle_windows"]
+
+
+#: CPU tensors take the numpy paths (tests turn this off to run the torch paths used on GPUs).
+_NUMPY_ON_CPU = True
+
+
+def _numpy_path(t: torch.Tensor) -> bool:
+    return _NUMPY_ON_CPU and t.device.type == "cpu"
 
 
 def window_sizes(ws_min: int, ws_max: int) -> tuple[int, ...]:
@@ -201,6 +212,22 @@ def quadtree_windows(
 
 
 @dataclass(frozen=True)
+class _Level:
+    """One window size in the z-order layout (see :class:`_ZGeometry`).
+
+    ``window[r]`` is the index, in the flattened ``ceil(H/s) x ceil(W/s)`` grid
+    of :class:`WindowLayout`, of the window with z-rank ``r`` (``-1``: the
+    window lies outside the image). ``groups`` lists the windows that can be
+    shuffled alike: first those inside the image (all ``s*s`` positions), then
+    one group per shape of edge window clipped by the image border, each as
+    ``(z-rank mask, positions inside the image)``.
+    """
+
+    window: np.ndarray
+    groups: tuple[tuple[np.ndarray, np.ndarray | None], ...]
+
+
+@dataclass(frozen=True)
 class _ZGeometry:
     """Index tensors that put every window of every level into one contiguous row.
 
@@ -214,9 +241,7 @@ class _ZGeometry:
     wp: int
     zidx: torch.Tensor
     zinv: torch.Tensor
-    order: tuple[torch.Tensor, ...]  # per level: z-rank -> raster window index
-    inside: tuple[torch.Tensor, ...]  # per level, z order: the window lies inside the image
-    valid: tuple[torch.Tensor, ...]  # per level, (windows, s*s): the position lies inside the image
+    levels: tuple[_Level, ...]
 
 
 _GEOMETRY: dict[tuple[Any, ...], _ZGeometry] = {}
@@ -242,20 +267,55 @@ def _z_geometry(h: int, w: int, sizes: tuple[int, ...], device: torch.device) ->
 
     zidx = quadrants(grid).reshape(-1)
     zinv = torch.empty_like(zidx).scatter_(0, zidx, torch.arange(zidx.numel()))
-    row, col = zidx // wp, zidx % wp
-    order, inside, valid = [], [], []
+    row, col = zidx.numpy() // wp, zidx.numpy() % wp
+    levels = []
     for s in sizes:
         n = s * s
         first_r, first_c = row[::n] // s, col[::n] // s
-        order.append(first_r * (wp // s) + first_c)
-        inside.append(((first_r + 1) * s <= h) & ((first_c + 1) * s <= w))
-        valid.append(((row < h) & (col < w)).view(-1, n))
-    geo = _ZGeometry(hp, wp, zidx.to(device), zinv.to(device), tuple(t.to(device) for t in order),
-                     tuple(t.to(device) for t in inside), tuple(t.to(device) for t in valid))
+        nh, nw = -(-h // s), -(-w // s)
+        window = np.where((first_r < nh) & (first_c < nw), first_r * nw + first_c, -1)
+        valid = ((row < h) & (col < w)).reshape(-1, n)
+        count = valid.sum(1)
+        groups: list[tuple[np.ndarray, np.ndarray | None]] = [(count == n, None)]
+        clipped = (count > 0) & (count < n)
+        patterns = {valid[r].tobytes(): valid[r] for r in np.flatnonzero(clipped)}
+        for pattern in patterns.values():
+            mask = clipped & (valid == pattern).all(1)
+            groups.append((mask, np.flatnonzero(pattern)))
+        levels.append(_Level(window, tuple(groups)))
+    geo = _ZGeometry(hp, wp, zidx.to(device), zinv.to(device), tuple(levels))
     if len(_GEOMETRY) > 64:
         _GEOMETRY.clear()
     _GEOMETRY[cache_key] = geo
     return geo
+
+
+def _selected_rows(sel: torch.Tensor, level: _Level, channels: int) -> list[tuple[torch.Tensor, np.ndarray | None]]:
+    """The rows ``(image, channel, z-rank)`` of the z layout holding windows ``sel`` picks.
+
+    One ``(rows, positions)`` entry per group of :attr:`_Level.groups` (empty
+    groups left out); ``rows`` is an int64 tensor on ``sel``'s device.
+    """
+    b = sel.shape[0]
+    if _numpy_path(sel):
+        flat = np.concatenate([sel.reshape(b, -1).numpy(), np.zeros((b, 1), dtype=bool)], axis=1)
+        sel_z = flat[:, level.window]  # index -1 picks the False column: windows outside the image
+        out = []
+        for mask, positions in level.groups:
+            m = sel_z & mask
+            rows = np.flatnonzero(np.broadcast_to(m[:, None, :], (b, channels, m.shape[1])))
+            if rows.size:
+                out.append((torch.from_numpy(rows), positions))
+        return out
+    flat = torch.cat([sel.reshape(b, -1), sel.new_zeros(b, 1)], dim=1)
+    sel_z = flat[:, torch.from_numpy(level.window).to(sel.device)]
+    out = []
+    for mask, positions in level.groups:
+        m = sel_z & torch.from_numpy(mask).to(sel.device)
+        rows = m[:, None, :].expand(b, channels, m.shape[1]).reshape(-1).nonzero().squeeze(1)
+        if rows.numel():
+            out.append((rows, positions))
+    return out
 
 
 def _jumps(u: torch.Tensor) -> torch.Tensor:
@@ -326,7 +386,7 @@ def _fisher_yates_(
     """
     k, n, g = d.shape
     words = isinstance(jumps, np.ndarray)
-    if words or (use_numpy if use_numpy is not None else d.device.type == "cpu"):
+    if words or (use_numpy if use_numpy is not None else _numpy_path(d)):
         arr = d.view(_SAME_SIZE_INT[d.element_size()]).numpy()  # shares memory with d
         if g == 1:
             arr = arr.reshape(k, n)
@@ -359,21 +419,11 @@ def _fisher_yates_(
         items.index_copy_(0, j, item)
 
 
-def _row_view(rows: torch.Tensor) -> np.ndarray:
-    """A CPU ``(R, ...)`` tensor as a 1-D numpy array of R opaque rows (zero-copy)."""
-    raw = rows.reshape(rows.shape[0], -1).view(torch.uint8).numpy()
-    return raw.view(np.dtype((np.void, raw.shape[1]))).reshape(-1)
-
-
-def _shuffle_valid(d: torch.Tensor, u: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Shuffle only the ``valid`` items of each row of ``d`` ``(k, n, g)`` (clipped edge windows)."""
-    k, n, g = d.shape
-    u = u.t().float()  # (k, n)
-    pos = torch.arange(n, device=d.device, dtype=torch.float32).expand(k, n)
-    src = torch.where(valid, u, 2.0 + pos).argsort(dim=1)  # valid items in random order first
-    dst = torch.where(valid, pos, n + pos).argsort(dim=1)  # valid items in place order first
-    sigma = torch.empty_like(src).scatter_(1, dst, src)
-    return d.gather(1, sigma[..., None].expand(k, n, g))
+def _item_view(rows: torch.Tensor) -> np.ndarray:
+    """A contiguous CPU ``(R, n, g)`` tensor as a numpy ``(R, n)`` array of opaque items (zero-copy)."""
+    r, n, g = rows.shape
+    raw = rows.view(torch.uint8).numpy().reshape(r, n, -1)
+    return raw.view(np.dtype((np.void, raw.shape[2])))[..., 0]
 
 
 def _take(x: torch.Tensor, index: torch.Tensor, *, use_numpy: bool | None = None) -> torch.Tensor:
@@ -382,12 +432,57 @@ def _take(x: torch.Tensor, index: torch.Tensor, *, use_numpy: bool | None = None
     On CPU through ``numpy.take`` (2-6x faster than ``torch.gather`` with an
     expanded index here); elsewhere ``torch.gather``.
     """
-    if use_numpy if use_numpy is not None else x.device.type == "cpu":
+    if use_numpy if use_numpy is not None else _numpy_path(x):
         as_int = _SAME_SIZE_INT[x.element_size()]
         out = np.take(x.view(as_int).numpy(), index.numpy(), axis=1)
         return torch.from_numpy(out).view(x.dtype)
     shape = (x.shape[0], -1) + tuple(x.shape[2:])
     return x.gather(1, index.view(1, -1, *([1] * (x.dim() - 2))).expand(shape))
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _worker_pool(workers: int) -> ThreadPoolExecutor:
+    """A lasting pool of ``workers`` threads whose torch ops run single-threaded.
+
+    numpy's indexing releases the GIL, so chunks on threads use all cores; but
+    a torch op called from a thread with torch's default thread count starts
+    its own team of OpenMP threads, and the teams fight for the cores (slower
+    than one thread). A thread takes torch's count when it first runs an op,
+    so the workers are started while the count is 1 (it is per thread: the
+    caller's is restored, other threads are not affected). The pool lasts
+    because fresh threads cost more than the work at 32x32 (new malloc arenas).
+    """
+    global _POOL
+    if _POOL is not None and _POOL._max_workers >= workers:
+        return _POOL
+    if _POOL is not None:
+        _POOL.shutdown(wait=False)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="keyveil-visualmixer")
+    barrier = threading.Barrier(workers)
+
+    def start() -> int:
+        barrier.wait()  # one task per thread: every thread is started now
+        return torch.get_num_threads()  # the thread takes torch's count (1) here
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        list(pool.map(lambda _: start(), range(workers)))
+    finally:
+        torch.set_num_threads(before)
+    _POOL = pool
+    return pool
+
+
+def _forget_pool() -> None:  # a forked child (e.g. a DataLoader worker) has none of the threads
+    global _POOL
+    _POOL = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _draw_seed(generator: torch.Generator) -> int:
@@ -450,52 +545,47 @@ def shuffle_windows(
     rng = None
     if uniforms is None:
         rng = _seeded_numpy(generator if generator is not None else _fresh_generator())
+    on_cpu = _numpy_path(x)
     for level, (s, sel) in enumerate(zip(layout.sizes, layout.selected)):
         n = s * s
         if n == 1:
             continue
-        per_image = hp * wp // n
-        sel_p = sel.new_zeros(b, hp // s, wp // s)
-        sel_p[:, : sel.shape[1], : sel.shape[2]] = sel
-        sel_z = sel_p.view(b, -1)[:, geo.order[level]]  # (B, windows) in z order
-        rows_sel = sel_z[:, None, :].expand(b, cu, per_image).reshape(-1)
-        inside = geo.inside[level].repeat(b * cu)
         rows = z.view(-1, n, g)
         urows = None if uniforms is None else uniforms.reshape(-1, n)
-        for clipped in (False, True):
-            idx = (rows_sel & (inside != clipped)).nonzero().squeeze(1)
+        for idx, positions in _selected_rows(sel, geo.levels[level], cu):
             k = idx.numel()
-            if k == 0:
-                continue
-            if not clipped:
-                on_cpu = x.device.type == "cpu"
-                if urows is not None:
-                    jumps = _jumps(urows.index_select(0, idx).t())
-                elif on_cpu:
-                    jumps = _random_words(rng, n, k)
+            m = n if positions is None else positions.size  # clipped edge windows: the positions inside
+            if urows is not None:
+                u = urows.index_select(0, idx)
+                jumps = _jumps((u if positions is None else u[:, torch.from_numpy(positions).to(u.device)]).t())
+            elif on_cpu:
+                jumps = _random_words(rng, m, k)
+            else:
+                jumps = _random_jumps(rng, m, k).to(x.device)
+            if k == rows.shape[0] and positions is None:  # every window of this size: shuffle in place
+                _fisher_yates_(rows, jumps)
+            elif on_cpu:  # numpy take / assignment: 3-15x faster than torch's index ops here
+                view = _item_view(rows)
+                picked = idx.numpy()
+                if positions is None:
+                    part = np.take(view, picked, axis=0)
                 else:
-                    jumps = _random_jumps(rng, n, k).to(x.device)
-                if k == rows.shape[0]:  # every window of this size: shuffle in place
-                    _fisher_yates_(rows, jumps)
-                elif on_cpu:  # numpy take / row assignment: 3-15x faster than index ops here
-                    view = _row_view(rows)
-                    picked = idx.numpy()
-                    part = np.take(view, picked)
-                    d = torch.from_numpy(part.view(np.uint8).reshape(k, -1)).view(rows.dtype).view(k, n, g)
-                    _fisher_yates_(d, jumps)
+                    part = view[picked[:, None], positions[None, :]]
+                d = torch.from_numpy(part.view(np.uint8).reshape(k, -1)).view(rows.dtype).view(k, m, g)
+                _fisher_yates_(d, jumps)
+                if positions is None:
                     view[picked] = part
                 else:
-                    d = rows.index_select(0, idx)  # (k, n, g)
-                    _fisher_yates_(d, jumps)
-                    rows.index_copy_(0, idx, d)
-                continue
-            # clipped edge windows (few): shuffle only the positions inside the image
-            if urows is None:
-                u = torch.from_numpy(rng.random((n, k), dtype=np.float32)).to(x.device)
+                    view[picked[:, None], positions[None, :]] = part
             else:
-                u = urows.index_select(0, idx).t()
-            valid = geo.valid[level].repeat(b * cu, 1).index_select(0, idx)
-            rows.index_copy_(0, idx, _shuffle_valid(rows.index_select(0, idx), u, valid))
+                pos = None if positions is None else torch.from_numpy(positions).to(x.device)
+                d = rows.index_select(0, idx)
+                d = d if pos is None else d.index_select(1, pos).contiguous()
+                _fisher_yates_(d, jumps)
+                if pos is None:
+                    rows.index_copy_(0, idx, d)
+                else:
+                    rows[idx[:, None], pos[None, :]] = d
     if channel_shuffle:
         out = _take(z, geo.zinv).view(b, c, hp, wp)
     else:
@@ -657,13 +747,12 @@ class VisualMixer(Scheme):
             generator = _fresh_generator()
         # Work in balanced chunks of at most ~2M values: temporaries stay in cache
         # and below the allocator's mmap threshold (a 2-3x speed-up on CPU at
-        # 224x224). An even count lets two cores share the work equally; a
-        # batch of one chunk stays on one thread (for small windows two
-        # threads mostly wait on each other). The split depends only on the shape.
+        # 224x224). From ~256K values on, the count is even (at least two), so
+        # two cores share the work equally. The split depends only on the shape.
         values = b * c * hp * wp
-        if values <= _CHUNK_VALUES or b == 1:
+        if values < _PARALLEL_VALUES or b == 1:
             return self._encrypt_chunk(x, generator, uniforms)
-        chunks = -(-values // _CHUNK_VALUES)
+        chunks = max(2, -(-values // _CHUNK_VALUES))
         step = -(-b // min(b, chunks + chunks % 2))
         out = torch.empty_like(x, memory_format=torch.contiguous_format)
         starts = range(0, b, step)
@@ -676,9 +765,8 @@ class VisualMixer(Scheme):
             out[i : i + step] = self._encrypt_chunk(x[i : i + step], gen, part)
 
         workers = min(torch.get_num_threads(), len(starts)) if x.device.type == "cpu" else 1
-        if workers > 1:  # numpy's indexing releases the GIL: chunks run on all cores
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(run, starts, gens))
+        if workers > 1:
+            list(_worker_pool(workers).map(run, starts, gens))
         else:
             for i, gen in zip(starts, gens):
                 run(i, gen)
