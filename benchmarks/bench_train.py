@@ -1,39 +1,63 @@
 """Training throughput on images encrypted on the fly vs plain images, same model, side by side.
 
-Each repetition trains the same small CNN (fresh copy of the same initial
-weights) for the same batches of Fashion-MNIST, once per scheme, in an
-interleaved order; the scheme is applied to every batch as it is fetched
-(``EncryptedDataset``, one batched call per batch). Prints the median
-images/s per scheme and the median of the per-repetition ratios to plain.
+Every dataset (plain, and one per scheme) gets its own copy of the same small
+CNN (same initial weights), its own Adam optimizer and its own DataLoader over
+the same Fashion-MNIST images; the scheme runs on every batch as it is fetched
+(``EncryptedDataset``, one batched call per batch, fresh randomness for
+per-image schemes). The training steps are interleaved batch by batch: each
+round fetches one batch and trains one step on every dataset in turn (the
+order alternates), so a slow spell of a shared machine hits all of them
+alike. A step's time covers fetching (and encrypting) the batch and the
+forward, backward and optimizer step (``keyveil.engine.train_epoch`` on that
+one batch). Prints, per dataset, images/s from the median step time, the
+median over rounds of (plain step time / step time), its 10th percentile,
+the ratio of total times, and the encryption time of a batch alone.
 
-    .venv/bin/python benchmarks/bench_train.py --images 1536 --repeats 5
+    .venv/bin/python benchmarks/bench_train.py --steps 120
+
+``--tune-allocator`` first calls ``keyveil.runtime.tune_allocator()``, as the
+``keyveil`` command does.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import time
 import warnings
+from collections.abc import Iterator
 
 import torch
 
 from keyveil import Key, schemes
 from keyveil.data import EncryptedDataset, create_dataset, dataset_source
 from keyveil.engine import build_model, make_loader, make_optimizer, seed_everything, train_epoch
+from keyveil.runtime import tune_allocator
 
 SCHEMES = ["pixel", "etc", "le", "visualmixer"]
 
 
+def endless(dataset, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of shuffled epochs, one after the other."""
+    epoch = 0
+    while True:
+        yield from make_loader(dataset, batch_size=batch_size, shuffle=True, seed=0, epoch=epoch)
+        epoch += 1
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=1536)
+    p.add_argument("--images", type=int, default=1536, help="training images (epochs repeat)")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--steps", type=int, default=120, help="timed rounds (one step per dataset each)")
+    p.add_argument("--warmup", type=int, default=6, help="rounds run first and not timed")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--schemes", nargs="*", default=SCHEMES)
+    p.add_argument("--tune-allocator", action="store_true", help="call keyveil.runtime.tune_allocator() first")
     args = p.parse_args()
+    tuned = tune_allocator() if args.tune_allocator else False
     torch.set_num_threads(args.threads)
     name = "fashion-mnist" if dataset_source("fashion-mnist").available() else "mnist5k"
     base = create_dataset(name, "train").limit(args.images)
@@ -49,40 +73,43 @@ def main() -> None:
     seed_everything(0)
     model0 = build_model("smallcnn", in_channels=base.channels, num_classes=base.num_classes,
                          image_size=base.size)
-    speed: dict[str, list[float]] = {k: [] for k in sets}
-    ratios: dict[str, list[float]] = {k: [] for k in sets}
-    for rep in range(args.repeats + 1):  # the first round warms up and is discarded
-        order = list(sets) if rep % 2 == 0 else list(reversed(sets))
-        this: dict[str, float] = {}
+    runs = {}
+    for k, ds in sets.items():
+        model = copy.deepcopy(model0)
+        runs[k] = (model, make_optimizer("adam", model.parameters()), endless(ds, args.batch_size))
+    times: dict[str, list[float]] = {k: [] for k in sets}
+    for step in range(args.warmup + args.steps):
+        order = list(sets) if step % 2 == 0 else list(reversed(sets))
         for k in order:
-            model = copy.deepcopy(model0)
-            opt = make_optimizer("adam", model.parameters())
-            loader = make_loader(sets[k], batch_size=args.batch_size, shuffle=True, seed=0, epoch=rep)
+            model, opt, batches = runs[k]
             t = time.perf_counter()
-            stats = train_epoch(model, loader, opt, device="cpu")
-            this[k] = stats["n"] / (time.perf_counter() - t)
-        print(f"round {rep}: " + ", ".join(f"{k} {v:.0f} img/s" for k, v in this.items()), flush=True)
-        if rep == 0:
-            continue
-        for k, v in this.items():
-            speed[k].append(v)
-            ratios[k].append(v / this["plain"])
+            batch = next(batches)
+            train_epoch(model, [batch], opt, device="cpu")
+            if step >= args.warmup:
+                times[k].append(time.perf_counter() - t)
     enc_ms: dict[str, float] = {}
     xb = base.get_batch(range(args.batch_size))[0]
     for k, ds in sets.items():
-        runs = []
-        for _ in range(5):
+        runs_ms = []
+        for _ in range(21):
             t = time.perf_counter()
             if k != "plain":
                 ds.scheme.encrypt(xb)
-            runs.append(time.perf_counter() - t)
-        enc_ms[k] = 1000 * statistics.median(runs)
+            runs_ms.append(1000 * (time.perf_counter() - t))
+        enc_ms[k] = statistics.median(runs_ms)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{name}, {len(base)} images, batch {args.batch_size}, smallcnn, {args.threads} threads, "
-          f"median of {args.repeats} interleaved repetitions")
-    print(f"{'data':<14}{'images/s':>10}{'ratio to plain':>16}{'min ratio':>11}{'encrypt ms/batch':>18}")
+          f"{args.steps} interleaved rounds after {args.warmup} warm-up rounds, allocator "
+          f"{'tuned' if tuned else 'default'}, load average {load:.2f} at the end")
+    print(f"{'data':<13}{'images/s':>10}{'ratio (median)':>16}{'ratio (p10)':>13}{'ratio (totals)':>16}"
+          f"{'encrypt ms/batch':>18}")
     for k in sets:
-        print(f"{k:<14}{statistics.median(speed[k]):>10.0f}{statistics.median(ratios[k]):>16.3f}"
-              f"{min(ratios[k]):>11.3f}{enc_ms[k]:>18.2f}")
+        ratios = sorted(p / t for p, t in zip(times["plain"], times[k]))
+        p10 = ratios[len(ratios) // 10]
+        rate = args.batch_size / statistics.median(times[k])
+        total = sum(times["plain"]) / sum(times[k])
+        print(f"{k:<13}{rate:>10.0f}{statistics.median(ratios):>16.3f}{p10:>13.3f}{total:>16.3f}"
+              f"{enc_ms[k]:>18.2f}")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ Examples:
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -91,11 +93,8 @@ def window_sums(dh: torch.Tensor, dv: torch.Tensor, window: int) -> tuple[torch.
     w = w1 + 1
     s = window
     nh, nw = -(-h // s), -(-w // s)
-    hp, wp = nh * s, nw * s
-    # A difference at in-window offset s-1 crosses into the next region: weight 0.
-    keep_col = (torch.arange(1, w1 + 1, device=dh.device) % s != 0).to(dh.dtype)
-    keep_row = (torch.arange(1, h, device=dh.device) % s != 0).to(dh.dtype)[:, None]
-    total = dh.new_empty(n, hp, wp)
+    keep_col, keep_row, areas = _window_constants(h, w, s, dh.dtype, dh.device)
+    total = dh.new_empty(n, nh * s, nw * s)
     if dh.requires_grad:  # out= does not take part in autograd
         total[:, :h, :w1] = dh * keep_col
     else:
@@ -104,10 +103,20 @@ def window_sums(dh: torch.Tensor, dv: torch.Tensor, window: int) -> tuple[torch.
     total[:, h:] = 0
     total[:, : h - 1, :w].addcmul_(dv, keep_row)
     sums = F.avg_pool2d(total[:, None], s, s, divisor_override=1)[:, 0]
-    rows = torch.clamp(h - torch.arange(nh, device=dh.device) * s, max=s)
-    cols = torch.clamp(w - torch.arange(nw, device=dh.device) * s, max=s)
-    areas = (rows[:, None] * cols[None, :]).to(dh.dtype)
     return sums, areas
+
+
+@functools.lru_cache(maxsize=64)
+def _window_constants(
+    h: int, w: int, s: int, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Masks of the differences that stay inside their region, and every region's pixel count."""
+    # A difference at in-region offset s-1 crosses into the next region: weight 0.
+    keep_col = (torch.arange(1, w, device=device) % s != 0).to(dtype)
+    keep_row = (torch.arange(1, h, device=device) % s != 0).to(dtype)[:, None]
+    rows = torch.clamp(h - torch.arange(-(-h // s), device=device) * s, max=s)
+    cols = torch.clamp(w - torch.arange(-(-w // s), device=device) * s, max=s)
+    return keep_col, keep_row, (rows[:, None] * cols[None, :]).to(dtype)
 
 
 def vfe_map(x: torch.Tensor, window: int = 14) -> torch.Tensor:
