@@ -39,11 +39,12 @@ from keyveil.runtime import tune_allocator
 SCHEMES = ["pixel", "etc", "le", "visualmixer"]
 
 
-def endless(dataset, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def endless(dataset, batch_size: int, workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches of shuffled epochs, one after the other."""
     epoch = 0
     while True:
-        yield from make_loader(dataset, batch_size=batch_size, shuffle=True, seed=0, epoch=epoch)
+        yield from make_loader(dataset, batch_size=batch_size, shuffle=True, seed=0, epoch=epoch,
+                               num_workers=workers)
         epoch += 1
 
 
@@ -54,6 +55,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=120, help="timed rounds (one step per dataset each)")
     p.add_argument("--warmup", type=int, default=6, help="rounds run first and not timed")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0: encrypt in the "
+                   "training process)")
     p.add_argument("--schemes", nargs="*", default=SCHEMES)
     p.add_argument("--tune-allocator", action="store_true", help="call keyveil.runtime.tune_allocator() first")
     args = p.parse_args()
@@ -76,7 +79,7 @@ def main() -> None:
     runs = {}
     for k, ds in sets.items():
         model = copy.deepcopy(model0)
-        runs[k] = (model, make_optimizer("adam", model.parameters()), endless(ds, args.batch_size))
+        runs[k] = (model, make_optimizer("adam", model.parameters()), endless(ds, args.batch_size, args.workers))
     times: dict[str, list[float]] = {k: [] for k in sets}
     for step in range(args.warmup + args.steps):
         order = list(sets) if step % 2 == 0 else list(reversed(sets))
@@ -99,7 +102,7 @@ def main() -> None:
         enc_ms[k] = statistics.median(runs_ms)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{name}, {len(base)} images, batch {args.batch_size}, smallcnn, {args.threads} threads, "
-          f"{args.steps} interleaved rounds after {args.warmup} warm-up rounds, allocator "
+          f"{args.workers} loader workers, {args.steps} interleaved rounds after {args.warmup} warm-up rounds, allocator "
           f"{'tuned' if tuned else 'default'}, load average {load:.2f} at the end")
     print(f"{'data':<13}{'images/s':>10}{'ratio (median)':>16}{'ratio (p10)':>13}{'ratio (totals)':>16}"
           f"{'encrypt ms/batch':>18}")

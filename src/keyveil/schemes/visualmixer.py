@@ -420,10 +420,16 @@ def _fisher_yates_(
 
 
 def _item_view(rows: torch.Tensor) -> np.ndarray:
-    """A contiguous CPU ``(R, n, g)`` tensor as a numpy ``(R, n)`` array of opaque items (zero-copy)."""
+    """A contiguous CPU ``(R, n, g)`` tensor as a numpy ``(R, n)`` array of items (zero-copy).
+
+    Items of 1, 2, 4 or 8 bytes are integers (numpy indexes them much faster than opaque ones).
+    """
     r, n, g = rows.shape
-    raw = rows.view(torch.uint8).numpy().reshape(r, n, -1)
-    return raw.view(np.dtype((np.void, raw.shape[2])))[..., 0]
+    size = g * rows.element_size()
+    raw = rows.view(torch.uint8).numpy().reshape(r, n, size)
+    if size in (1, 2, 4, 8):
+        return raw.view(np.dtype(f"u{size}"))[..., 0]
+    return raw.view(np.dtype((np.void, size)))[..., 0]
 
 
 def _take(x: torch.Tensor, index: torch.Tensor, *, use_numpy: bool | None = None) -> torch.Tensor:
