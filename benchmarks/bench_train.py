@@ -14,9 +14,6 @@ median over rounds of (plain step time / step time), its 10th percentile,
 the ratio of total times, and the encryption time of a batch alone.
 
     .venv/bin/python benchmarks/bench_train.py --steps 120
-
-``--tune-allocator`` first calls ``keyveil.runtime.tune_allocator()``, as the
-``keyveil`` command does.
 """
 
 from __future__ import annotations
@@ -34,7 +31,6 @@ import torch
 from keyveil import Key, schemes
 from keyveil.data import EncryptedDataset, create_dataset, dataset_source
 from keyveil.engine import build_model, make_loader, make_optimizer, seed_everything, train_epoch
-from keyveil.runtime import tune_allocator
 
 SCHEMES = ["pixel", "etc", "le", "visualmixer"]
 
@@ -58,9 +54,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0: encrypt in the "
                    "training process)")
     p.add_argument("--schemes", nargs="*", default=SCHEMES)
-    p.add_argument("--tune-allocator", action="store_true", help="call keyveil.runtime.tune_allocator() first")
     args = p.parse_args()
-    tuned = tune_allocator() if args.tune_allocator else False
     torch.set_num_threads(args.threads)
     name = "fashion-mnist" if dataset_source("fashion-mnist").available() else "mnist5k"
     base = create_dataset(name, "train").limit(args.images)
@@ -102,8 +96,8 @@ def main() -> None:
         enc_ms[k] = statistics.median(runs_ms)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{name}, {len(base)} images, batch {args.batch_size}, smallcnn, {args.threads} threads, "
-          f"{args.workers} loader workers, {args.steps} interleaved rounds after {args.warmup} warm-up rounds, allocator "
-          f"{'tuned' if tuned else 'default'}, load average {load:.2f} at the end")
+          f"{args.workers} loader workers, {args.steps} interleaved rounds after {args.warmup} warm-up rounds, "
+          f"load average {load:.2f} at the end")
     print(f"{'data':<13}{'images/s':>10}{'ratio (median)':>16}{'ratio (p10)':>13}{'ratio (totals)':>16}"
           f"{'encrypt ms/batch':>18}")
     for k in sets:

@@ -13,7 +13,6 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__, commands
-from .runtime import tune_allocator_from_env
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +34,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    tune_allocator_from_env()  # fewer page faults for batched kernels (keyveil.runtime)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
