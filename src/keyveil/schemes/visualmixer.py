@@ -16,14 +16,17 @@ whole batch are then gathered as rows of one ``(windows, WS*WS)`` array and
 shuffled by a Fisher–Yates shuffle vectorized over all of them (the Python
 loop runs over the ``WS**2 - 1`` positions, each step a handful of
 whole-array ops), written back, and one gather restores the raster layout.
+Edge windows clipped by the image border are shuffled the same way over their
+positions inside the image, one group per clipped shape.
 Sorting random keys per window (``argsort``) is 2-4x slower on CPU (see
 ``benchmarks/bench_visualmixer.py``); the CPU path runs the index steps through
 numpy views of the same memory, which index faster than torch here. A batch
-of more than ~2M values is cut into an even number of balanced chunks (they
-stay in cache); on CPU the chunks run on ``torch.get_num_threads()`` threads
-(numpy's indexing releases the GIL),
-each with its own generator seeded in order, so the output for a given
-generator does not depend on the thread count.
+of 256K values or more is cut into an even number (at least two) of balanced
+chunks of at most ~2M values (they stay in cache); on CPU the chunks run on a
+lasting pool of ``torch.get_num_threads()`` threads (numpy's indexing releases
+the GIL) whose torch ops are single-threaded, each chunk with its own
+generator seeded in order, so the output for a given generator does not
+depend on the thread count.
 
 Our readings (DESIGN.md §3.4): window sides are ``ws_min * 2**l`` (the
 paper's powers of two when ``ws_min`` is 1, 2, 4, ...); a window that does not fit
