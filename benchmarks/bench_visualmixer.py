@@ -1,9 +1,10 @@
 """VisualMixer throughput: the VFE metric and the full scheme, next to ``x.clone()``.
 
-Run:  .venv/bin/python benchmarks/bench_visualmixer.py [--repeats 7] [--threads 2]
+Run:  .venv/bin/python benchmarks/bench_visualmixer.py [--repeats 7] [--threads 2] [--min-time 0.25]
 
 For 3x32x32 uint8 images at B=512 and 3x224x224 at B=64, it times, alternately
-in the same run: ``x.clone()``, ``keyveil.metrics.vfe(x)``, the full
+in the same run (each timing at least ``--min-time`` seconds of back-to-back calls):
+``x.clone()``, ``keyveil.metrics.vfe(x)``, the full
 ``visualmixer`` encryption (default options: quadtree windows 2..8, one
 permutation per channel, fresh randomness from a seeded generator) and, for
 reference, the same scheme with ``ws_max=16``. Every figure is the median over
@@ -84,6 +85,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--min-time", type=float, default=0.25,
+                        help="seconds of back-to-back calls per timing (default 0.25: a batch after batch "
+                             "workload, so one-off costs after switching operations are amortized)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -109,9 +113,9 @@ def main() -> None:
             "uniform 8x8 shuffle, argsort of random keys": lambda x=x: argsort_window_shuffle(x, 8, gen),
         }
         inner = {}
-        for name, fn in ops.items():  # warm up, then size the inner loop to ~50 ms
+        for name, fn in ops.items():  # warm up, then size the inner loop to --min-time
             fn()
-            inner[name] = max(1, int(0.05 / max(timed(fn, 1), 1e-6)))
+            inner[name] = max(1, int(args.min_time / max(timed(fn, 1), 1e-6)))
         times: dict[str, list[float]] = {name: [] for name in ops}
         cpus: dict[str, list[float]] = {name: [] for name in ops}
         for _ in range(args.repeats):
