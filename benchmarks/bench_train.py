@@ -3,9 +3,8 @@
 Every dataset (plain, and one per scheme) gets its own copy of the same small
 CNN (same initial weights), its own Adam optimizer and its own DataLoader over
 the same Fashion-MNIST images; the scheme runs on every batch as it is fetched
-(``EncryptedDataset``, fresh randomness for per-image schemes), through
-``keyveil.engine.make_loader``, which asks the dataset for 4 batches at a time
-by default (as ``keyveil train`` does; ``--fetch-batches 1``: one call per batch). The training steps are interleaved batch by batch: each
+(``EncryptedDataset``, one batched call per batch, fresh randomness for
+per-image schemes). The training steps are interleaved batch by batch: each
 round fetches one batch and trains one step on every dataset in turn (the
 order alternates), so a slow spell of a shared machine hits all of them
 alike. A step's time covers fetching (and encrypting) the batch and the
@@ -33,24 +32,17 @@ import torch
 
 from keyveil import Key, schemes
 from keyveil.data import EncryptedDataset, create_dataset, dataset_source
-from keyveil.engine import (
-    FETCH_BATCHES,
-    build_model,
-    make_loader,
-    make_optimizer,
-    seed_everything,
-    train_epoch,
-)
+from keyveil.engine import build_model, make_loader, make_optimizer, seed_everything, train_epoch
 
 SCHEMES = ["pixel", "etc", "le", "visualmixer"]
 
 
-def endless(dataset, batch_size: int, workers: int, fetch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def endless(dataset, batch_size: int, workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches of shuffled epochs, one after the other."""
     epoch = 0
     while True:
         yield from make_loader(dataset, batch_size=batch_size, shuffle=True, seed=0, epoch=epoch,
-                               num_workers=workers, fetch_batches=fetch)
+                               num_workers=workers)
         epoch += 1
 
 
@@ -65,8 +57,6 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0: encrypt in the "
                    "training process)")
     p.add_argument("--schemes", nargs="*", default=SCHEMES)
-    p.add_argument("--fetch-batches", type=int, default=FETCH_BATCHES,
-                   help=f"batches fetched (and encrypted) per dataset call (default {FETCH_BATCHES}, as keyveil train)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     name = "fashion-mnist" if dataset_source("fashion-mnist").available() else "mnist5k"
@@ -86,7 +76,7 @@ def main() -> None:
     runs = {}
     for k, ds in sets.items():
         model = copy.deepcopy(model0)
-        runs[k] = (model, make_optimizer("adam", model.parameters()), endless(ds, args.batch_size, args.workers, args.fetch_batches))
+        runs[k] = (model, make_optimizer("adam", model.parameters()), endless(ds, args.batch_size, args.workers))
     times: dict[str, list[float]] = {k: [] for k in sets}
     fetch: dict[str, list[float]] = {k: [] for k in sets}
     for step in range(args.warmup + args.steps):
@@ -112,7 +102,7 @@ def main() -> None:
         enc_ms[k] = statistics.median(runs_ms)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{name}, {len(base)} images, batch {args.batch_size}, smallcnn, {args.threads} threads, "
-          f"{args.workers} loader workers, {args.fetch_batches} batches per fetch, {args.steps} interleaved rounds after {args.warmup} warm-up rounds, "
+          f"{args.workers} loader workers, {args.steps} interleaved rounds after {args.warmup} warm-up rounds, "
           f"load average {load:.2f} at the end")
     print(f"{'data':<13}{'images/s':>10}{'ratio (median)':>16}{'ratio (p10)':>13}{'ratio (totals)':>16}"
           f"{'encrypt ms/batch':>18}{'fetch ms':>10}{'train ms':>10}")
