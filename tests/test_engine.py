@@ -17,7 +17,6 @@ from keyveil.engine import (
     evaluate,
     fit,
     load_checkpoint,
-    make_loader,
     make_optimizer,
     model_from_checkpoint,
     seed_everything,
@@ -205,24 +204,3 @@ def test_checkpoint_of_encrypted_training_asks_for_its_key(tmp_path, capsys):
 def test_train_command_explains_missing_key(tmp_path, capsys):
     assert main(["train", "--dataset", "mnist5k", "--scheme", "pixel", "-o", str(tmp_path / "m.pt")]) == 2
     assert "needs a key" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("n, drop_last", [(50, False), (50, True), (48, True), (7, False)])
-def test_grouped_loader_gives_the_batches_of_a_plain_loader(n, drop_last):
-    """Fetching several batches per dataset call hands out exactly the batches, in order, of a
-    one-batch-per-call DataLoader; with per-image nonces even the encrypted images are identical."""
-    from keyveil import schemes
-    from keyveil.data import EncryptedDataset
-
-    base = bright_dark(n)
-    encrypted = EncryptedDataset(base, schemes.create("visualmixer", Key.from_seed(3)), randomness="nonce")
-    for ds in (base, encrypted):
-        one = make_loader(ds, batch_size=8, shuffle=True, seed=1, epoch=2, drop_last=drop_last, fetch_batches=1)
-        grouped = make_loader(ds, batch_size=8, shuffle=True, seed=1, epoch=2, drop_last=drop_last,
-                              fetch_batches=3)
-        a, b = list(one), list(grouped)
-        assert len(a) == len(b) == len(one) == len(grouped) > 0
-        for (xa, ya), (xb, yb) in zip(a, b):
-            assert torch.equal(xa, xb) and torch.equal(ya, yb)
-    with pytest.raises(ValueError, match="fetch_batches"):
-        make_loader(base, batch_size=8, shuffle=False, fetch_batches=0)

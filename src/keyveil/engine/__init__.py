@@ -11,18 +11,7 @@ from __future__ import annotations
 
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .distributed import DistInfo, init_distributed, is_main_process
-from .loop import (
-    FETCH_BATCHES,
-    EvalResult,
-    FitResult,
-    GroupedLoader,
-    evaluate,
-    fit,
-    make_loader,
-    seed_everything,
-    to_input,
-    train_epoch,
-)
+from .loop import EvalResult, FitResult, evaluate, fit, make_loader, seed_everything, to_input, train_epoch
 from .models import adapt_torchvision, build_model, list_models, register_model, small_cnn
 from .optim import DEFAULT_LR, OPTIMIZERS, make_optimizer
 
@@ -39,8 +28,6 @@ __all__ = [
     "evaluate",
     "train_epoch",
     "make_loader",
-    "GroupedLoader",
-    "FETCH_BATCHES",
     "to_input",
     "seed_everything",
     "EvalResult",

@@ -12,7 +12,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from .optim import make_optimizer
 
 __all__ = ["fit", "evaluate", "train_epoch", "to_input", "seed_everything", "EvalResult", "FitResult",
-           "make_loader", "GroupedLoader", "FETCH_BATCHES"]
+           "make_loader"]
 
 
 def seed_everything(seed: int) -> None:
@@ -71,55 +71,13 @@ class FitResult:
     checkpoint: str | None = None
 
 
-#: Batches :func:`make_loader` fetches per dataset call, by default.
-FETCH_BATCHES = 4
-
-
-class GroupedLoader:
-    """Batches of ``batch_size`` cut, in order, from a DataLoader whose batches are ``group`` times larger.
-
-    It yields the same batches in the same order as a DataLoader of
-    ``batch_size`` over the same sampler, but the dataset is called once per
-    group: an :class:`~keyveil.data.EncryptedDataset` then encrypts ``group``
-    batches with one batched call, and its per-call costs (for VisualMixer on
-    small images, most of its time) are paid once per group.
-    """
-
-    def __init__(self, loader: DataLoader, *, batch_size: int, drop_last: bool, samples: int) -> None:
-        self.loader, self.batch_size, self.drop_last, self.samples = loader, batch_size, drop_last, samples
-
-    def __len__(self) -> int:
-        return self.samples // self.batch_size if self.drop_last else math.ceil(self.samples / self.batch_size)
-
-    def __iter__(self):
-        bs = self.batch_size
-        for images, labels in self.loader:
-            for i in range(0, labels.shape[0], bs):
-                if self.drop_last and labels.shape[0] - i < bs:  # only the last batch can be short
-                    return
-                yield images[i : i + bs], labels[i : i + bs]
-
-
 def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int = 0, epoch: int = 0,
-                num_workers: int = 0, dist_info: DistInfo | None = None, drop_last: bool = False,
-                fetch_batches: int = FETCH_BATCHES) -> DataLoader | GroupedLoader:
-    """Batches of ``dataset``; sharded with ``DistributedSampler`` in a multi-process job.
+                num_workers: int = 0, dist_info: DistInfo | None = None, drop_last: bool = False) -> DataLoader:
+    """A DataLoader; sharded with ``DistributedSampler`` in a multi-process job.
 
     The shuffle order depends only on ``seed`` and ``epoch``, so a resumed run
-    sees the same batches as an uninterrupted one. The dataset is asked for
-    ``fetch_batches`` batches at a time (a :class:`GroupedLoader`; 1 gives a
-    plain DataLoader): the batches are the same either way.
-
-    Examples:
-        >>> import torch
-        >>> from keyveil.data import TensorImageDataset
-        >>> ds = TensorImageDataset(torch.zeros(10, 1, 4, 4, dtype=torch.uint8), torch.arange(10) % 2,
-        ...                         name="toy", split="train", classes=["a", "b"])
-        >>> [len(y) for _, y in make_loader(ds, batch_size=4, shuffle=True)]
-        [4, 4, 2]
+    sees the same batches as an uninterrupted one.
     """
-    if fetch_batches < 1:
-        raise ValueError(f"fetch_batches must be 1 or more, got {fetch_batches}")
     if dist_info is not None and dist_info.distributed:
         sampler = DistributedSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank,
                                      shuffle=shuffle, seed=seed, drop_last=drop_last)
@@ -128,20 +86,16 @@ def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int =
         sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
     else:
         sampler = SequentialSampler(dataset)
-    loader = DataLoader(dataset, batch_size=batch_size * fetch_batches, sampler=sampler, num_workers=num_workers,
-                        drop_last=drop_last and fetch_batches == 1, persistent_workers=False,
-                        pin_memory=dist_info is not None and dist_info.device.type == "cuda")
-    if fetch_batches == 1:
-        return loader
-    return GroupedLoader(loader, batch_size=batch_size, drop_last=drop_last, samples=len(sampler))
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      drop_last=drop_last, persistent_workers=False,
+                      pin_memory=dist_info is not None and dist_info.device.type == "cuda")
 
 
 def _bar(iterable, *, enabled: bool, **kw):
     return tqdm(iterable, disable=not enabled, leave=False, dynamic_ncols=True, **kw)
 
 
-def train_epoch(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                optimizer: torch.optim.Optimizer, *,
+def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, *,
                 device: torch.device | str, scheduler: Any = None, progress: bool = False,
                 desc: str = "train") -> dict[str, float]:
     """One pass over ``loader``; returns this process's ``loss_sum``, ``correct``, ``n``, ``seconds``."""
