@@ -449,7 +449,8 @@ def _take(x: torch.Tensor, index: torch.Tensor, *, use_numpy: bool | None = None
     return x.gather(1, index.view(1, -1, *([1] * (x.dim() - 2))).expand(shape))
 
 
-_POOL: ThreadPoolExecutor | None = None
+_POOL: tuple[ThreadPoolExecutor, int] | None = None  # the pool and its thread count
+_POOL_LOCK = threading.Lock()
 
 
 def _worker_pool(workers: int) -> ThreadPoolExecutor:
@@ -464,30 +465,32 @@ def _worker_pool(workers: int) -> ThreadPoolExecutor:
     because fresh threads cost more than the work at 32x32 (new malloc arenas).
     """
     global _POOL
-    if _POOL is not None and _POOL._max_workers >= workers:
-        return _POOL
-    if _POOL is not None:
-        _POOL.shutdown(wait=False)
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="keyveil-visualmixer")
-    barrier = threading.Barrier(workers)
+    with _POOL_LOCK:
+        if _POOL is not None and _POOL[1] >= workers:
+            return _POOL[0]
+        if _POOL is not None:
+            _POOL[0].shutdown(wait=False)
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="keyveil-visualmixer")
+        barrier = threading.Barrier(workers)
 
-    def start() -> int:
-        barrier.wait()  # one task per thread: every thread is started now
-        return torch.get_num_threads()  # the thread takes torch's count (1) here
+        def start(_: int) -> int:
+            barrier.wait()  # one task per thread: every thread is started now
+            return torch.get_num_threads()  # the thread takes torch's count (1) here
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        list(pool.map(lambda _: start(), range(workers)))
-    finally:
-        torch.set_num_threads(before)
-    _POOL = pool
-    return pool
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            list(pool.map(start, range(workers)))
+        finally:
+            torch.set_num_threads(before)
+        _POOL = (pool, workers)
+        return pool
 
 
-def _forget_pool() -> None:  # a forked child (e.g. a DataLoader worker) has none of the threads
-    global _POOL
-    _POOL = None
+def _forget_pool() -> None:
+    """In a forked child (e.g. a DataLoader worker): none of the threads exist there."""
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
