@@ -283,6 +283,8 @@ def test_worker_threads_run_torch_single_threaded_and_caller_keeps_its_count():
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
+        if vm._POOL is not None:
+            vm._POOL[0].shutdown()
         vm._forget_pool()
         pool = vm._worker_pool(2)
         assert torch.get_num_threads() == 2

@@ -567,9 +567,10 @@ def shuffle_windows(
         for idx, positions in _selected_rows(sel, geo.levels[level], cu):
             k = idx.numel()
             m = n if positions is None else positions.size  # clipped edge windows: the positions inside
+            pos = None if positions is None else torch.from_numpy(positions).to(x.device)
             if urows is not None:
                 u = urows.index_select(0, idx)
-                jumps = _jumps((u if positions is None else u[:, torch.from_numpy(positions).to(u.device)]).t())
+                jumps = _jumps((u if pos is None else u[:, pos]).t())
             elif on_cpu:
                 jumps = _random_words(rng, m, k)
             else:
@@ -590,7 +591,6 @@ def shuffle_windows(
                 else:
                     view[picked[:, None], positions[None, :]] = part
             else:
-                pos = None if positions is None else torch.from_numpy(positions).to(x.device)
                 d = rows.index_select(0, idx)
                 d = d if pos is None else d.index_select(1, pos).contiguous()
                 _fisher_yates_(d, jumps)
@@ -776,7 +776,7 @@ class VisualMixer(Scheme):
             part = None if uniforms is None else uniforms[i : i + step]
             out[i : i + step] = self._encrypt_chunk(x[i : i + step], gen, part)
 
-        workers = min(torch.get_num_threads(), len(starts)) if x.device.type == "cpu" else 1
+        workers = min(torch.get_num_threads(), len(starts)) if _numpy_path(x) else 1
         if workers > 1:
             list(_worker_pool(workers).map(run, starts, gens))
         else:
