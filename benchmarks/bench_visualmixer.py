@@ -14,8 +14,8 @@ by the CPU time this process used (``time.process_time``, all its threads):
 on a machine shared with other jobs it is what the wall-clock figure would be
 if the process had its cores to itself (with one thread; with two it
 understates that figure). It also times the in-window
-shuffle alone for uniform 8x8 windows done two ways, the vectorized
-Fisher–Yates used by the scheme and ``argsort`` of random keys per window,
+shuffle alone for uniform 8x8 windows done two ways, the Fisher–Yates
+shuffle of the scheme (compiled on CPU) and ``argsort`` of random keys per window,
 to show why the scheme does not sort. The public VisualMixer code needs
 6.0 s per 224x224 image on this CPU (0.17 images/s): see BENCHMARKS.md.
 """
@@ -108,7 +108,7 @@ def main() -> None:
             "vfe(x) (window 14)": lambda x=x: vfe(x),
             "visualmixer encrypt (ws 2..8)": lambda x=x: default.encrypt(x, generator=gen),
             "visualmixer encrypt (ws 2..16)": lambda x=x: wide.encrypt(x, generator=gen),
-            "uniform 8x8 shuffle, vectorized Fisher-Yates": lambda x=x, lay=uniform8: shuffle_windows(
+            "uniform 8x8 shuffle, Fisher-Yates (as the scheme)": lambda x=x, lay=uniform8: shuffle_windows(
                 x, lay, generator=gen),
             "uniform 8x8 shuffle, argsort of random keys": lambda x=x: argsort_window_shuffle(x, 8, gen),
         }

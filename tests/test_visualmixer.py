@@ -217,26 +217,28 @@ def test_key_space_bits_counts_the_smallest_windows():
     assert float(exact[0]) >= mixer(None).key_space_bits((3, 32, 32))
 
 
-@pytest.mark.parametrize("g", [1, 3])
-def test_fisher_yates_torch_path_equals_numpy_path(g):
-    """The torch path (used off-CPU) makes exactly the swaps of the numpy path."""
-    from keyveil.schemes.visualmixer import _fisher_yates_, _jumps
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float64])
+def test_compiled_quadtree_equals_torch_path(monkeypatch, dtype):
+    """The compiled CPU quadtree picks exactly the windows of the torch ops used off-CPU,
+    per-image lower bounds and clipped edge windows included."""
+    from keyveil.schemes import visualmixer as vm
 
-    gen = torch.Generator().manual_seed(g)
-    d = torch.randint(0, 256, (50, 16, g), dtype=torch.uint8, generator=gen)
-    jumps = _jumps(torch.rand(16, 50, generator=gen))
-    a, b = d.clone(), d.clone()
-    _fisher_yates_(a, jumps, use_numpy=True)
-    _fisher_yates_(b, jumps, use_numpy=False)
-    assert torch.equal(a, b) and not torch.equal(a, d)
-    weights = torch.tensor([65536, 256, 1])[:g]
-    packed = [(t.long() * weights).sum(-1).sort(dim=1).values for t in (a, d)]  # whole pixels per window
-    assert torch.equal(packed[0], packed[1])
+    x = random_images((6, 3, 37, 29), dtype, seed=5)
+    x[:3, :, :18] = x[:3, :, :18] // 16 if dtype == torch.uint8 else x[:3, :, :18] / 16
+    min_level = torch.tensor([0, 1, 3, 2, 3, 3])
+    layouts = []
+    for compiled_on_cpu in (True, False):
+        monkeypatch.setattr(vm, "_COMPILED_ON_CPU", compiled_on_cpu)
+        layouts.append([quadtree_windows(x, (16, 8, 4, 2), min_level=m) for m in (None, min_level)])
+    for a, b in zip(*layouts):
+        assert all(torch.equal(p, q) for p, q in zip(a.selected, b.selected))
+        assert torch.equal(a.size_map(), b.size_map())
+    assert len(set(layouts[0][0].size_map().unique().tolist())) == 4  # every size is used
 
 
 @pytest.mark.parametrize("shape", [(4, 3, 32, 32), (5, 1, 28, 28), (3, 3, 9, 13), (2, 2, 20, 12)])
 @pytest.mark.parametrize("channel_shuffle", [True, False])
-def test_torch_path_equals_numpy_path(monkeypatch, shape, channel_shuffle):
+def test_torch_path_equals_compiled_path(monkeypatch, shape, channel_shuffle):
     """The torch ops used off-CPU give exactly the numpy path's output, keyed or from a generator,
     clipped edge windows included."""
     from keyveil.schemes import visualmixer as vm
@@ -245,24 +247,14 @@ def test_torch_path_equals_numpy_path(monkeypatch, shape, channel_shuffle):
     x[:, :, : shape[2] // 2] //= 16  # flat half: windows of every size
     s = mixer(1, channel_shuffle=channel_shuffle)
     outs = []
-    for numpy_on_cpu in (True, False):
-        monkeypatch.setattr(vm, "_NUMPY_ON_CPU", numpy_on_cpu)
+    for compiled_on_cpu in (True, False):
+        monkeypatch.setattr(vm, "_COMPILED_ON_CPU", compiled_on_cpu)
         outs.append((s.encrypt(x, nonce=list(range(shape[0]))),
                      s.encrypt(x, generator=torch.Generator().manual_seed(8))))
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
     assert not torch.equal(outs[0][0], x)
     layout = s.windows(x)
     assert check_windows_are_permuted(x, outs[0][1], layout, channel_shuffle) > 0
-
-
-def test_take_torch_path_equals_numpy_path():
-    from keyveil.schemes.visualmixer import _take
-
-    gen = torch.Generator().manual_seed(0)
-    index = torch.randperm(20, generator=gen)
-    for x in (torch.rand(3, 20, generator=gen), torch.randint(0, 256, (2, 20, 3), dtype=torch.uint8)):
-        a, b = _take(x, index, use_numpy=True), _take(x, index, use_numpy=False)
-        assert torch.equal(a, b) and torch.equal(a, x[:, index]) and a.dtype == x.dtype
 
 
 def test_half_precision_grad_and_strided_inputs():

@@ -9,24 +9,27 @@ The pixels inside every window are then permuted uniformly at random; with
 
 Two pure kernels do the work, both batched with no Python loop over pixels or
 windows: :func:`quadtree_windows` (image -> :class:`WindowLayout`) and
-:func:`shuffle_windows` (image + layout + randomness -> scrambled image).
-One gather puts every image into a z-order layout in which every window of
-every level is a contiguous run of pixels; the windows of one size across the
-whole batch are then gathered as rows of one ``(windows, WS*WS)`` array and
-shuffled by a Fisher–Yates shuffle vectorized over all of them (the Python
-loop runs over the ``WS**2 - 1`` positions, each step a handful of
-whole-array ops), written back, and one gather restores the raster layout.
-Edge windows clipped by the image border are shuffled the same way over their
-positions inside the image, one group per clipped shape.
-Sorting random keys per window (``argsort``) is 2-4x slower on CPU (see
-``benchmarks/bench_visualmixer.py``); the CPU path runs the index steps through
-numpy views of the same memory, which index faster than torch here. A batch
-of 256K values or more is cut into an even number (at least two) of balanced
+:func:`shuffle_windows` (image + layout + randomness -> scrambled image). Every
+window is shuffled by Fisher–Yates (sorting random keys per window with
+``argsort`` is several times slower, see ``benchmarks/bench_visualmixer.py``).
+
+On CPU both run as compiled loops (numba, :mod:`keyveil.schemes._visualmixer_cpu`;
+compiled on first use, ~5 s per input dtype, then cached on disk) on the image
+in raster layout. On other devices they run as torch ops: one gather puts every
+image into a z-order layout in which every window of every level is a
+contiguous run of pixels; the windows of one size across the whole batch are
+gathered as rows of one ``(windows, WS*WS)`` array and shuffled by a
+Fisher–Yates shuffle vectorized over all of them (the Python loop runs over
+the ``WS**2 - 1`` positions), written back, and one gather restores the raster
+layout; edge windows clipped by the image border are shuffled the same way
+over their positions inside the image, one group per clipped shape. Both
+paths choose the same windows (exactly for uint8 images) and make the same
+swaps from the same random numbers (a test runs the torch path on CPU and
+compares). A batch of 256K values or more is cut into an even number (at least two) of balanced
 chunks of at most ~2M values (they stay in cache); on CPU the chunks run on a
-lasting pool of ``torch.get_num_threads()`` threads (numpy's indexing releases
-the GIL) whose torch ops are single-threaded, each chunk with its own
-generator seeded in order, so the output for a given generator does not
-depend on the thread count.
+lasting pool of ``torch.get_num_threads()`` threads (the kernels release the
+GIL), each chunk with its own generator seeded in order, so the output for a
+given generator does not depend on the thread count.
 
 Our readings (DESIGN.md §3.4): window sides are ``ws_min * 2**l`` (the
 paper's powers of two when ``ws_min`` is 1, 2, 4, ...); a window that does not fit
@@ -59,17 +62,16 @@ from .registry import register_scheme
 
 _CHUNK_VALUES = 1 << 21
 _PARALLEL_VALUES = 1 << 18
-_PRECOMPUTE_PARTNERS = 1 << 20
 
 __all__ = ["VisualMixer", "WindowLayout", "window_sizes", "quadtree_windows", "shuffle_windows"]
 
 
-#: CPU tensors take the numpy paths (tests turn this off to run the torch paths used on GPUs).
-_NUMPY_ON_CPU = True
+#: CPU tensors take the compiled kernels (tests turn this off to run the torch ops used on GPUs).
+_COMPILED_ON_CPU = True
 
 
-def _numpy_path(t: torch.Tensor) -> bool:
-    return _NUMPY_ON_CPU and t.device.type == "cpu"
+def _compiled_path(t: torch.Tensor) -> bool:
+    return _COMPILED_ON_CPU and t.device.type == "cpu"
 
 
 def window_sizes(ws_min: int, ws_max: int) -> tuple[int, ...]:
@@ -188,6 +190,8 @@ def quadtree_windows(
     if len(sizes) == 1:
         sel = torch.ones(b, -(-h // sizes[0]), -(-w // sizes[0]), dtype=torch.bool, device=x.device)
         return WindowLayout(sizes, (sel,), h, w)
+    if _compiled_path(x):
+        return _quadtree_cpu(x, sizes, min_level)
     dh, dv = _planes(x)
     selected = []
     active = None
@@ -214,6 +218,22 @@ def quadtree_windows(
     return WindowLayout(sizes, tuple(selected), h, w)
 
 
+def _quadtree_cpu(x: torch.Tensor, sizes: tuple[int, ...], min_level: torch.Tensor | None) -> WindowLayout:
+    """:func:`quadtree_windows` by the compiled kernel (CPU tensors)."""
+    b, _, h, w = x.shape
+    x = x.detach()
+    if x.dtype not in (torch.uint8, torch.float32, torch.float64):
+        x = x.to(torch.float32)
+    levels = np.full(b, len(sizes), dtype=np.int64) if min_level is None else min_level.cpu().numpy().astype(np.int64)
+    smin = sizes[-1]
+    level_map = np.full((b, -(-h // smin), -(-w // smin)), -1, dtype=np.int8)
+    _cpu_kernels().quadtree_levels(x.contiguous().numpy(), np.array(sizes, dtype=np.int64), levels,
+                                   x.dtype != torch.float64, level_map)
+    selected = tuple(torch.from_numpy(level_map[:, :: s // smin, :: s // smin] == level)
+                     for level, s in enumerate(sizes))
+    return WindowLayout(sizes, selected, h, w)
+
+
 @dataclass(frozen=True)
 class _Level:
     """One window size in the z-order layout (see :class:`_ZGeometry`).
@@ -223,11 +243,14 @@ class _Level:
     window lies outside the image). ``groups`` lists the windows that can be
     shuffled alike: first those inside the image (all ``s*s`` positions), then
     one group per shape of edge window clipped by the image border, each as
-    ``(z-rank mask, positions inside the image)``.
+    ``(z-rank mask, positions inside the image)``. ``(di[p], dj[p])`` is the
+    offset of z-position ``p`` from the top-left corner of its window.
     """
 
     window: np.ndarray
     groups: tuple[tuple[np.ndarray, np.ndarray | None], ...]
+    di: np.ndarray
+    dj: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -285,7 +308,7 @@ def _z_geometry(h: int, w: int, sizes: tuple[int, ...], device: torch.device) ->
         for pattern in patterns.values():
             mask = clipped & (valid == pattern).all(1)
             groups.append((mask, np.flatnonzero(pattern)))
-        levels.append(_Level(window, tuple(groups)))
+        levels.append(_Level(window, tuple(groups), row[:n].copy(), col[:n].copy()))
     geo = _ZGeometry(hp, wp, zidx.to(device), zinv.to(device), tuple(levels))
     if len(_GEOMETRY) > 64:
         _GEOMETRY.clear()
@@ -293,158 +316,98 @@ def _z_geometry(h: int, w: int, sizes: tuple[int, ...], device: torch.device) ->
     return geo
 
 
-def _selected_rows(sel: torch.Tensor, level: _Level, channels: int) -> list[tuple[torch.Tensor, np.ndarray | None]]:
-    """The rows ``(image, channel, z-rank)`` of the z layout holding windows ``sel`` picks.
+def _selected_rows(
+    sel: torch.Tensor, level: _Level, channels: int
+) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor, np.ndarray | None]]]:
+    """The rows ``(image, channel, z-rank)`` of the z layout holding the windows ``sel`` picks.
 
-    One ``(rows, positions)`` entry per group of :attr:`_Level.groups` (empty
-    groups left out); ``rows`` is an int64 tensor on ``sel``'s device.
+    Returns the number of picked rows and, per group of :attr:`_Level.groups`
+    (empty groups left out), ``(rows, ordinals, positions)``: the rows (int64),
+    their ranks among all picked rows of the level, and the group's positions.
     """
     b = sel.shape[0]
-    if _numpy_path(sel):
-        flat = np.concatenate([sel.reshape(b, -1).numpy(), np.zeros((b, 1), dtype=bool)], axis=1)
-        sel_z = flat[:, level.window]  # index -1 picks the False column: windows outside the image
-        out = []
-        for mask, positions in level.groups:
-            m = sel_z & mask
-            rows = np.flatnonzero(np.broadcast_to(m[:, None, :], (b, channels, m.shape[1])))
-            if rows.size:
-                out.append((torch.from_numpy(rows), positions))
-        return out
     flat = torch.cat([sel.reshape(b, -1), sel.new_zeros(b, 1)], dim=1)
-    sel_z = flat[:, torch.from_numpy(level.window).to(sel.device)]
+    sel_z = flat[:, torch.from_numpy(level.window).to(sel.device)]  # -1 picks the False column
+    picked = sel_z[:, None, :].expand(b, channels, sel_z.shape[1]).reshape(-1)
+    ordinal = picked.cumsum(0) - 1
     out = []
     for mask, positions in level.groups:
         m = sel_z & torch.from_numpy(mask).to(sel.device)
         rows = m[:, None, :].expand(b, channels, m.shape[1]).reshape(-1).nonzero().squeeze(1)
         if rows.numel():
-            out.append((rows, positions))
-    return out
+            out.append((rows, ordinal[rows], positions))
+    return int(picked.sum()), out
 
 
-def _jumps(u: torch.Tensor) -> torch.Tensor:
-    """Fisher–Yates partners from uniforms ``u`` ``(n, k)`` in [0, 1], as flat item indices.
+def _steps(u: torch.Tensor) -> torch.Tensor:
+    """Fisher–Yates partners from uniforms ``u`` ``(m, k)`` in [0, 1]: ``min(floor(u[t] * (t+1)), t)``.
 
-    Row ``t`` holds ``column * n + floor(u[t] * (t+1))``: the item of the
-    ``(k, n)`` window-major array that step ``t`` swaps with (int64).
+    Step ``t`` of window ``i`` swaps its item ``t`` with item ``steps[t, i]`` (int64), in float32
+    arithmetic (the compiled CPU kernel computes the same).
     """
-    n, k = u.shape
-    steps = torch.arange(1, n + 1, device=u.device, dtype=torch.float32)[:, None]
+    m = u.shape[0]
+    steps = torch.arange(1, m + 1, device=u.device, dtype=torch.float32)[:, None]
     jumps = (u.to(torch.float32) * steps).to(torch.int64)
-    torch.minimum(jumps, torch.arange(n, device=u.device)[:, None], out=jumps)
-    return jumps.add_(torch.arange(k, device=u.device) * n)
+    return torch.minimum(jumps, torch.arange(m, device=u.device)[:, None], out=jumps)
 
 
-def _partner_bits(n: int) -> int:
-    """``b = 32 - ceil(log2 n)``: random bits per Fisher–Yates step for windows of ``n`` items."""
-    return 32 - max(1, math.ceil(math.log2(n)))
+def _partner_bits(m: int) -> int:
+    """``k = 32 - ceil(log2 m)``: random bits per Fisher–Yates step for windows of ``m`` items."""
+    return 32 - max(1, math.ceil(math.log2(m)))
 
 
-def _partners(words: np.ndarray) -> np.ndarray:
-    """Fisher–Yates partners from ``(n, k)`` uint32 words, as flat item indices (see :func:`_jumps`).
+def _word_steps(words: torch.Tensor) -> torch.Tensor:
+    """Fisher–Yates partners from ``(m, k)`` 32-bit words (as int64): ``(top_k(w) * (t+1)) >> k``.
 
-    Step ``t`` of window ``w`` swaps with ``w * n + floor(r * (t+1) / 2**b)``, ``r`` the
-    top ``b = 32 - ceil(log2 n)`` bits of its word (24 bits for windows up to 16x16):
-    the bias is below ``n / 2**b`` (``2**-16`` for 16x16 windows). Integer arithmetic
-    on 32-bit words, ~2x faster than float uniforms in torch.
+    ``k`` from :func:`_partner_bits` (24 bits for windows up to 16x16): the bias is
+    below ``m / 2**k`` (``2**-16`` for 16x16 windows). Integer arithmetic only.
     """
-    n, k = words.shape
-    bits = _partner_bits(n)
-    r = words >> np.uint32(32 - bits)
-    r *= np.arange(1, n + 1, dtype=np.uint32)[:, None]
-    r >>= np.uint32(bits)
-    partners = r.astype(np.int64)  # int64: numpy fancy indexing is ~2x faster than with int32
-    partners += np.arange(0, n * k, n, dtype=np.int64)
-    return partners
+    m = words.shape[0]
+    bits = _partner_bits(m)
+    steps = torch.arange(1, m + 1, device=words.device, dtype=torch.int64)[:, None]
+    return ((words >> (32 - bits)) * steps) >> bits
 
 
-def _random_jumps(rng: np.random.Generator, n: int, k: int) -> torch.Tensor:
-    """Fisher–Yates partners from a PCG64 stream, as a tensor of flat item indices."""
-    return torch.from_numpy(_partners(_random_words(rng, n, k)))
+def _random_words(rng: np.random.Generator, k: int, n: int) -> np.ndarray:
+    """``(k, n)`` uniform 32-bit words from a PCG64 stream: ``n`` per window of a level."""
+    return rng.bit_generator.random_raw((n * k + 1) // 2).view(np.uint32)[: n * k].reshape(k, n)
 
 
-_SAME_SIZE_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+def _fisher_yates_(d: torch.Tensor, steps: torch.Tensor) -> None:
+    """Shuffle every window (row) of ``d`` ``(k, m, g)`` in place along dim 1 (torch ops).
 
-
-def _random_words(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
-    """``(n, k)`` uniform 32-bit words from a PCG64 stream (for :func:`_fisher_yates_`)."""
-    return rng.bit_generator.random_raw((n * k + 1) // 2).view(np.uint32)[: n * k].reshape(n, k)
-
-
-def _fisher_yates_(
-    d: torch.Tensor, jumps: torch.Tensor | np.ndarray, *, use_numpy: bool | None = None
-) -> None:
-    """Shuffle every window (row) of ``d`` ``(k, n, g)`` in place along dim 1.
-
-    Step ``t`` (``n-1`` down to 1) swaps item ``t`` of every window with an
-    item in ``[0, t]`` of the same window — the Fisher–Yates shuffle run on
-    all ``k`` windows at once. Items are ``g``-vectors (a pixel's channels
-    when they move together). ``jumps`` is either the ``(n, k)`` flat partner
-    indices of :func:`_jumps`, or ``(n, k)`` uint32 random words from which
-    step ``t`` draws its partners ``floor(r * (t+1) / 2**b)`` on the fly (``r``
-    the top ``b = 32 - ceil(log2 n)`` bits; bias below ``n / 2**b``, i.e.
-    ``2**-16`` for 16x16 windows), which keeps every step in cache (up to
-    ``_PRECOMPUTE_PARTNERS`` items, all partners are computed at once). On CPU the
-    steps run through numpy indexing on zero-copy views (~2x faster than
-    torch's index ops here).
+    Step ``t`` (``m-1`` down to 1) swaps item ``t`` of every window ``i`` with its
+    item ``steps[t, i]`` in ``[0, t]`` — the Fisher–Yates shuffle run on all ``k``
+    windows at once. Items are ``g``-vectors (a pixel's channels when they move
+    together). The CPU path makes the same swaps in a compiled loop
+    (:mod:`keyveil.schemes._visualmixer_cpu`).
     """
-    k, n, g = d.shape
-    words = isinstance(jumps, np.ndarray)
-    if words or (use_numpy if use_numpy is not None else _numpy_path(d)):
-        arr = d.view(_SAME_SIZE_INT[d.element_size()]).numpy()  # shares memory with d
-        if g == 1:
-            arr = arr.reshape(k, n)
-        items = arr.reshape(k * n, g) if g > 1 else arr.reshape(k * n)
-        base = np.arange(0, n * k, n, dtype=np.int64)
-        bits = _partner_bits(n)
-        shift = np.uint32(32 - bits)
-        if words and n * k <= _PRECOMPUTE_PARTNERS:  # few items: all partners at once, 3 ops a step
-            idx, words = _partners(jumps), False
-        else:
-            idx = None if words else jumps.numpy().astype(np.int64, copy=False)
-        for t in range(n - 1, 0, -1):
-            if words:
-                r = jumps[t] >> shift
-                r *= np.uint32(t + 1)
-                r >>= np.uint32(bits)
-                j = base + r  # int64: numpy fancy indexing is ~2x faster than with int32
-            else:
-                j = idx[t]
-            item = arr[:, t].copy()
-            arr[:, t] = items[j]
-            items[j] = item
-        return
-    items = d.view(k * n, g)
-    jumps = jumps.to(torch.int64)
-    for t in range(n - 1, 0, -1):
+    k, m, g = d.shape
+    items = d.view(k * m, g)
+    jumps = steps.to(torch.int64) + torch.arange(k, device=d.device) * m
+    for t in range(m - 1, 0, -1):
         j = jumps[t]
         item = d[:, t].clone()
         d[:, t] = items.index_select(0, j)
         items.index_copy_(0, j, item)
 
 
-def _item_view(rows: torch.Tensor) -> np.ndarray:
-    """A contiguous CPU ``(R, n, g)`` tensor as a numpy ``(R, n)`` array of items (zero-copy).
-
-    Items of 1, 2, 4 or 8 bytes are integers (numpy indexes them much faster than opaque ones).
-    """
-    r, n, g = rows.shape
-    size = g * rows.element_size()
-    raw = rows.view(torch.uint8).numpy().reshape(r, n, size)
-    if size in (1, 2, 4, 8):
-        return raw.view(np.dtype(f"u{size}"))[..., 0]
-    return raw.view(np.dtype((np.void, size)))[..., 0]
+_SAME_SIZE_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_KERNELS: Any = None
 
 
-def _take(x: torch.Tensor, index: torch.Tensor, *, use_numpy: bool | None = None) -> torch.Tensor:
-    """``x[:, index]`` for a contiguous ``x`` of 2 or 3 dims (a new contiguous tensor).
+def _cpu_kernels() -> Any:
+    """The compiled kernels (numba is imported, and the kernels loaded, on first use)."""
+    global _KERNELS
+    if _KERNELS is None:
+        from . import _visualmixer_cpu
 
-    On CPU through ``numpy.take`` (2-6x faster than ``torch.gather`` with an
-    expanded index here); elsewhere ``torch.gather``.
-    """
-    if use_numpy if use_numpy is not None else _numpy_path(x):
-        as_int = _SAME_SIZE_INT[x.element_size()]
-        out = np.take(x.view(as_int).numpy(), index.numpy(), axis=1)
-        return torch.from_numpy(out).view(x.dtype)
+        _KERNELS = _visualmixer_cpu
+    return _KERNELS
+
+
+def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[:, index]`` for a contiguous ``x`` of 2 or 3 dims (a new contiguous tensor)."""
     shape = (x.shape[0], -1) + tuple(x.shape[2:])
     return x.gather(1, index.view(1, -1, *([1] * (x.dim() - 2))).expand(shape))
 
@@ -545,6 +508,11 @@ def shuffle_windows(
         raise SchemeError(f"uniforms must have shape {(b, cu, hp * wp)}, got {tuple(uniforms.shape)}")
     if b == 0 or all(s == 1 for s in layout.sizes):
         return x.clone(memory_format=torch.contiguous_format)
+    rng = None
+    if uniforms is None:
+        rng = _seeded_numpy(generator if generator is not None else _fresh_generator())
+    if _compiled_path(x):
+        return _shuffle_cpu(x, layout, geo, channel_shuffle, rng, uniforms)
     if (hp, wp) != (h, w):
         xp = x.new_zeros(b, c, hp, wp)
         xp[:, :, :h, :w] = x
@@ -554,50 +522,34 @@ def shuffle_windows(
         z = _take(xp.reshape(b * c, hp * wp), geo.zidx)  # rows (image, channel)
     else:
         z = _take(xp.reshape(b, c, hp * wp).transpose(1, 2).contiguous(), geo.zidx)  # (B, P, C)
-    rng = None
-    if uniforms is None:
-        rng = _seeded_numpy(generator if generator is not None else _fresh_generator())
-    on_cpu = _numpy_path(x)
     for level, (s, sel) in enumerate(zip(layout.sizes, layout.selected)):
         n = s * s
         if n == 1:
             continue
         rows = z.view(-1, n, g)
         urows = None if uniforms is None else uniforms.reshape(-1, n)
-        for idx, positions in _selected_rows(sel, geo.levels[level], cu):
-            k = idx.numel()
-            m = n if positions is None else positions.size  # clipped edge windows: the positions inside
+        count, groups = _selected_rows(sel, geo.levels[level], cu)
+        words = None
+        if rng is not None and count:
+            words = torch.from_numpy(_random_words(rng, count, n).astype(np.int64)).to(x.device)
+        for idx, ordinal, positions in groups:
             pos = None if positions is None else torch.from_numpy(positions).to(x.device)
             if urows is not None:
                 u = urows.index_select(0, idx)
-                jumps = _jumps((u if pos is None else u[:, pos]).t())
-            elif on_cpu:
-                jumps = _random_words(rng, m, k)
+                steps = _steps((u if pos is None else u[:, pos]).t())
             else:
-                jumps = _random_jumps(rng, m, k).to(x.device)
-            if k == rows.shape[0] and positions is None:  # every window of this size: shuffle in place
-                _fisher_yates_(rows, jumps)
-            elif on_cpu:  # numpy take / assignment: 3-15x faster than torch's index ops here
-                view = _item_view(rows)
-                picked = idx.numpy()
-                if positions is None:
-                    part = np.take(view, picked, axis=0)
-                else:
-                    part = view[picked[:, None], positions[None, :]]
-                d = torch.from_numpy(part.view(np.uint8).reshape(k, -1)).view(rows.dtype).view(k, m, g)
-                _fisher_yates_(d, jumps)
-                if positions is None:
-                    view[picked] = part
-                else:
-                    view[picked[:, None], positions[None, :]] = part
+                r = words.index_select(0, ordinal)
+                steps = _word_steps((r if pos is None else r[:, pos]).t())
+            if idx.numel() == rows.shape[0] and pos is None:  # every window of this size: in place
+                _fisher_yates_(rows, steps)
+                continue
+            d = rows.index_select(0, idx)
+            d = d if pos is None else d.index_select(1, pos).contiguous()
+            _fisher_yates_(d, steps)
+            if pos is None:
+                rows.index_copy_(0, idx, d)
             else:
-                d = rows.index_select(0, idx)
-                d = d if pos is None else d.index_select(1, pos).contiguous()
-                _fisher_yates_(d, jumps)
-                if pos is None:
-                    rows.index_copy_(0, idx, d)
-                else:
-                    rows[idx[:, None], pos[None, :]] = d
+                rows[idx[:, None], pos[None, :]] = d
     if channel_shuffle:
         out = _take(z, geo.zinv).view(b, c, hp, wp)
     else:
@@ -605,6 +557,37 @@ def shuffle_windows(
     if (hp, wp) != (h, w):
         out = out[:, :, :h, :w]
     return out.contiguous()
+
+
+def _shuffle_cpu(
+    x: torch.Tensor,
+    layout: WindowLayout,
+    geo: _ZGeometry,
+    channel_shuffle: bool,
+    rng: np.random.Generator | None,
+    uniforms: torch.Tensor | None,
+) -> torch.Tensor:
+    """:func:`shuffle_windows` by the compiled kernel, in raster layout (CPU tensors)."""
+    b, c, h, w = x.shape
+    out = x.clone(memory_format=torch.contiguous_format)
+    items = out.view(_SAME_SIZE_INT[out.element_size()]).numpy().reshape(b, c, h * w)
+    cu = c if channel_shuffle else 1
+    no_words = np.empty((0, 1), dtype=np.uint32)
+    u = np.empty((0, 1, 1), dtype=np.float32) if uniforms is None else uniforms.to(torch.float32).contiguous().numpy()
+    kernels = _cpu_kernels()
+    for s, sel, level in zip(layout.sizes, layout.selected, geo.levels):
+        if s == 1:
+            continue
+        picked = np.ascontiguousarray(sel.reshape(b, -1).numpy())
+        count = int(np.count_nonzero(picked)) * cu
+        if count == 0:
+            continue
+        words = no_words
+        if rng is not None:
+            words = _random_words(rng, count, s * s)
+        kernels.shuffle_level(items, h, w, not channel_shuffle, picked, level.window, sel.shape[2], s,
+                              level.di, level.dj, words, u)
+    return out
 
 
 @register_scheme
@@ -776,7 +759,7 @@ class VisualMixer(Scheme):
             part = None if uniforms is None else uniforms[i : i + step]
             out[i : i + step] = self._encrypt_chunk(x[i : i + step], gen, part)
 
-        workers = min(torch.get_num_threads(), len(starts)) if _numpy_path(x) else 1
+        workers = min(torch.get_num_threads(), len(starts)) if _compiled_path(x) else 1
         if workers > 1:
             list(_worker_pool(workers).map(run, starts, gens))
         else:
