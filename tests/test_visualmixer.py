@@ -307,3 +307,13 @@ def test_chunked_batches_are_reproducible_and_permute_windows():
     picks = [0, 374, 375, 1499]  # both sides of a chunk border
     layout = s.windows(x[picks])
     assert check_windows_are_permuted(x[picks], a[picks], layout, True) > 0
+
+
+def test_prepare_loads_the_compiled_kernels_before_workers_fork():
+    from keyveil.schemes import visualmixer as vm
+
+    vm._KERNELS = None
+    mixer(None).prepare(torch.float32)
+    assert vm._KERNELS is not None
+    assert any(sig[0].dtype.name == "int32" for sig in vm._KERNELS.shuffle_level.signatures)
+    assert any(sig[0].dtype.name == "float32" for sig in vm._KERNELS.quadtree_levels.signatures)

@@ -55,6 +55,7 @@ class EncryptedDataset(ImageDataset):
         if randomness not in ("nonce", "fresh"):
             raise ValueError(f"randomness must be 'nonce' or 'fresh', got {randomness!r}")
         scheme.check_geometry((base.channels, *base.size))
+        scheme.prepare(torch.uint8)  # before DataLoader workers fork: they inherit compiled kernels
         self.base, self.scheme = base, scheme
         self.randomness, self.nonce_offset = randomness, int(nonce_offset)
         self.name, self.split, self.classes = base.name, base.split, list(base.classes)

@@ -25,16 +25,41 @@ def quadtree_levels(x, sizes, min_level, single, level_map):
     splitting at level ``min_level[b]``. A window of level ``l`` covers the
     cells ``[r*f, (r+1)*f) x [c*f, (c+1)*f)``, ``f = sizes[l] // sizes[-1]``.
     Energies are channel-summed squared neighbour differences inside each
-    window, summed in float64 and divided by the window's pixel count in
-    float32 (``single``) or float64, as the torch path does.
+    window, summed in float64 (exact for uint8 images) and divided by the
+    window's pixel count in float32 (``single``) or float64, as the torch path
+    divides; the median is the lower median of the top-level energies.
     """
     b_count, channels, h, w = x.shape
     levels = sizes.shape[0]
     smin = sizes[levels - 1]
     dh = np.zeros((h, w), dtype=np.float64)  # channel-summed squared difference with the right neighbour
-    dv = np.zeros((h, w), dtype=np.float64)  # ... with the neighbour below
+    dv = np.zeros((h, w), dtype=np.float64)  # ... with the neighbour below (zero in the last column/row)
+    # Every level but the last: window of every row/column, whether a difference stays
+    # inside its window (1.0) or leaves it (0.0), every window's pixel count.
+    starts = np.zeros(levels, dtype=np.int64)
+    total = 0
+    for level in range(levels - 1):
+        s = sizes[level]
+        starts[level] = total
+        total += ((h + s - 1) // s) * ((w + s - 1) // s)
+    row_win = np.empty((levels, h), dtype=np.int64)
+    row_keep = np.empty((levels, h), dtype=np.float64)
+    col_keep = np.empty((levels, w), dtype=np.float64)
+    areas = np.empty(total, dtype=np.float64)
+    for level in range(levels - 1):
+        s = sizes[level]
+        nw = (w + s - 1) // s
+        for i in range(h):
+            row_win[level, i] = i // s
+            row_keep[level, i] = 1.0 if (i + 1) % s != 0 else 0.0
+        for j in range(w):
+            col_keep[level, j] = 1.0 if (j + 1) % s != 0 else 0.0
+        for r in range((h + s - 1) // s):
+            for c in range(nw):
+                areas[starts[level] + r * nw + c] = min(s, h - r * s) * min(s, w - c * s)
+    sums = np.empty(total, dtype=np.float64)
+    energy = np.empty(total, dtype=np.float64)
     nh0, nw0 = (h + sizes[0] - 1) // sizes[0], (w + sizes[0] - 1) // sizes[0]
-    energy0 = np.empty(nh0 * nw0, dtype=np.float64)
     ordered = np.empty(nh0 * nw0, dtype=np.float64)
     active = np.zeros((h + smin - 1) // smin * ((w + smin - 1) // smin), dtype=np.bool_)
     nxt = np.zeros(active.size, dtype=np.bool_)
@@ -43,18 +68,38 @@ def quadtree_levels(x, sizes, min_level, single, level_map):
         dv.fill(0.0)
         for c in range(channels):
             for i in range(h):
-                row, below, out_h = x[b, c, i], x[b, c, min(i + 1, h - 1)], dh[i]
+                row, out_h = x[b, c, i], dh[i]
                 for j in range(w - 1):
                     d = np.float64(row[j + 1]) - np.float64(row[j])
                     out_h[j] += d * d
                 if i + 1 < h:
-                    out_v = dv[i]
+                    below, out_v = x[b, c, i + 1], dv[i]
                     for j in range(w):
                         d = np.float64(below[j]) - np.float64(row[j])
                         out_v[j] += d * d
+        sums.fill(0.0)
+        for level in range(levels - 1):  # one pass over the pixels per level
+            nw = (w + sizes[level] - 1) // sizes[level]
+            s = sizes[level]
+            ck = col_keep[level]
+            for i in range(h):
+                first, keep = starts[level] + row_win[level, i] * nw, row_keep[level, i]
+                out_h, out_v = dh[i], dv[i]
+                for c in range(nw):  # the row's part of every window, summed in a register
+                    acc = 0.0
+                    for j in range(c * s, min(c * s + s, w)):
+                        acc += out_h[j] * ck[j] + out_v[j] * keep
+                    sums[first + c] += acc
+        for q in range(total):
+            if single:
+                energy[q] = np.float32(sums[q]) / np.float32(areas[q])
+            else:
+                energy[q] = sums[q] / areas[q]
+        for q in range(nh0 * nw0):
+            ordered[q] = energy[q]
+        median = _kth_smallest(ordered, (ordered.size - 1) // 2)  # the lower median of the top windows
         for q in range(nh0 * nw0):
             active[q] = True
-        median = 0.0
         for level in range(levels):
             s = sizes[level]
             nh, nw = (h + s - 1) // s, (w + s - 1) // s
@@ -65,40 +110,17 @@ def quadtree_levels(x, sizes, min_level, single, level_map):
                 for q in range(nxt_h * nxt_w):
                     nxt[q] = False
             for r in range(nh):
-                top, bottom = r * s, min(r * s + s, h)
                 for c in range(nw):
                     if not active[r * nw + c]:
                         continue
-                    stop = last or min_level[b] <= level
-                    if not stop or level == 0:  # the window's energy (differences leaving it dropped)
-                        left, right = c * s, min(c * s + s, w)
-                        total = 0.0
-                        for i in range(top, bottom):
-                            for j in range(left, right - 1):
-                                total += dh[i, j]
-                        for i in range(top, bottom - 1):
-                            for j in range(left, right):
-                                total += dv[i, j]
-                        area = (bottom - top) * (right - left)
-                        if single:
-                            e = np.float64(np.float32(total) / np.float32(area))
-                        else:
-                            e = total / area
-                        if level == 0:
-                            energy0[r * nw + c] = e
-                        else:
-                            stop = e <= median
-                    if level == 0:
-                        continue
-                    _settle(level_map, nxt, b, r, c, stop, level, f, nxt_h, nxt_w)
-            if level == 0:  # the median of the top windows, then their decisions
-                for q in range(energy0.size):
-                    ordered[q] = energy0[q]
-                median = _kth_smallest(ordered, (ordered.size - 1) // 2)  # the lower median
-                for r in range(nh):
-                    for c in range(nw):
-                        stop = last or min_level[b] <= 0 or energy0[r * nw + c] <= median
-                        _settle(level_map, nxt, b, r, c, stop, 0, f, nxt_h, nxt_w)
+                    if last or min_level[b] <= level or energy[starts[level] + r * nw + c] <= median:
+                        for rr in range(r * f, min((r + 1) * f, level_map.shape[1])):  # keep the window
+                            for cc in range(c * f, min((c + 1) * f, level_map.shape[2])):
+                                level_map[b, rr, cc] = level
+                    else:  # split it: its children are active at the next level
+                        for rr in range(2 * r, min(2 * r + 2, nxt_h)):
+                            for cc in range(2 * c, min(2 * c + 2, nxt_w)):
+                                nxt[rr * nxt_w + cc] = True
             active, nxt = nxt, active
 
 
@@ -125,19 +147,6 @@ def _kth_smallest(a, k):
         else:
             break
     return a[k]
-
-
-@njit(nogil=True, cache=True)
-def _settle(level_map, nxt, b, r, c, stop, level, f, nxt_h, nxt_w):
-    """Window ``(r, c)`` of ``level``: keep it (mark its cells) or mark its children active."""
-    if stop:
-        for rr in range(r * f, min((r + 1) * f, level_map.shape[1])):
-            for cc in range(c * f, min((c + 1) * f, level_map.shape[2])):
-                level_map[b, rr, cc] = level
-    else:
-        for rr in range(2 * r, min(2 * r + 2, nxt_h)):
-            for cc in range(2 * c, min(2 * c + 2, nxt_w)):
-                nxt[rr * nxt_w + cc] = True
 
 
 @njit(nogil=True, cache=True)

@@ -162,6 +162,14 @@ class Scheme(nn.Module):
     def forward(self, x: Any) -> Any:
         return self.encrypt(x)
 
+    def prepare(self, dtype: torch.dtype = torch.uint8) -> None:
+        """Load now what the first :meth:`encrypt` of ``dtype`` images would load lazily.
+
+        Call it before ``DataLoader`` workers are forked, so that they inherit it
+        (e.g. VisualMixer's compiled CPU kernels) instead of each loading it again.
+        Nothing to do for most schemes.
+        """
+
     def not_invertible_reason(self) -> str:
         return f"scheme {self.name!r} is not invertible"
 

@@ -14,7 +14,8 @@ window is shuffled by Fisher–Yates (sorting random keys per window with
 ``argsort`` is several times slower, see ``benchmarks/bench_visualmixer.py``).
 
 On CPU both run as compiled loops (numba, :mod:`keyveil.schemes._visualmixer_cpu`;
-compiled on first use, ~5 s per input dtype, then cached on disk) on the image
+compiled on first use, 5-7 s per input dtype, then cached on disk;
+:meth:`VisualMixer.prepare` does it ahead) on the image
 in raster layout. On other devices they run as torch ops: one gather puts every
 image into a z-order layout in which every window of every level is a
 contiguous run of pixels; the windows of one size across the whole batch are
@@ -720,6 +721,11 @@ class VisualMixer(Scheme):
         idx = torch.arange(len(self.sizes), device=x.device)
         return torch.where(ok, idx, torch.zeros_like(idx)).amax(dim=1)
 
+    def prepare(self, dtype: torch.dtype = torch.uint8) -> None:
+        """Load (the first time: compile, ~5 s) the CPU kernels for ``dtype`` images."""
+        self.encrypt(torch.zeros(1, 1, 2 * self.sizes[0], 2 * self.sizes[0], dtype=dtype),
+                     generator=torch.Generator().manual_seed(0))
+
     def windows(self, x: Any) -> WindowLayout:
         """The windows :meth:`encrypt` uses for ``x`` (they depend only on the image)."""
         batch, _ = to_batch(x)
@@ -740,9 +746,8 @@ class VisualMixer(Scheme):
             ).view(b, cu, hp * wp)
         if generator is None and uniforms is None:
             generator = _fresh_generator()
-        # Work in balanced chunks of at most ~2M values: temporaries stay in cache
-        # and below the allocator's mmap threshold (a 2-3x speed-up on CPU at
-        # 224x224). From ~256K values on, the count is even (at least two), so
+        # Work in balanced chunks of at most ~2M values (the torch path's temporaries
+        # stay small). From ~256K values on, the count is even (at least two), so
         # two cores share the work equally. The split depends only on the shape.
         values = b * c * hp * wp
         if values < _PARALLEL_VALUES or b == 1:
