@@ -14,7 +14,7 @@ window is shuffled by Fisher–Yates (sorting random keys per window with
 ``argsort`` is several times slower, see ``benchmarks/bench_visualmixer.py``).
 
 On CPU both run as compiled loops (numba, :mod:`keyveil.schemes._visualmixer_cpu`;
-compiled on first use, 5-7 s per input dtype, then cached on disk;
+compiled on first use, ~4-8 s per input dtype, then cached on disk;
 :meth:`VisualMixer.prepare` does it ahead) on the image
 in raster layout. On other devices they run as torch ops: one gather puts every
 image into a z-order layout in which every window of every level is a
@@ -722,7 +722,7 @@ class VisualMixer(Scheme):
         return torch.where(ok, idx, torch.zeros_like(idx)).amax(dim=1)
 
     def prepare(self, dtype: torch.dtype = torch.uint8) -> None:
-        """Load (the first time: compile, ~5 s) the CPU kernels for ``dtype`` images."""
+        """Load (the first time: compile, ~4-8 s) the CPU kernels for ``dtype`` images."""
         self.encrypt(torch.zeros(1, 1, 2 * self.sizes[0], 2 * self.sizes[0], dtype=dtype),
                      generator=torch.Generator().manual_seed(0))
 
