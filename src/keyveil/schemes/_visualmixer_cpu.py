@@ -4,10 +4,12 @@
 :func:`shuffle_level` the in-window Fisher–Yates shuffle of one window size,
 both on the image in raster layout, one image after another. They compute
 what the torch ops of :mod:`~keyveil.schemes.visualmixer` compute on other
-devices — the same windows (exactly for uint8 images, whose energies are
-integers; float images may differ where a window's energy ties the median to
-the last bit) and the same swaps from the same random numbers. They release
-the GIL, so chunks on threads run in parallel.
+devices — the same windows for uint8 images, whose energies are integers
+(unless a window's sum of squared differences passes 2**24, which takes
+near-maximal contrast across a whole window, where float32 sums on a GPU
+round), while float images may differ where a window's energy ties the median
+to the last bit — and the same swaps from the same random numbers. They
+release the GIL, so chunks on threads run in parallel.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ Fisher–Yates shuffle vectorized over all of them (the Python loop runs over
 the ``WS**2 - 1`` positions), written back, and one gather restores the raster
 layout; edge windows clipped by the image border are shuffled the same way
 over their positions inside the image, one group per clipped shape. Both
-paths choose the same windows (exactly for uint8 images) and make the same
+paths choose the same windows (for uint8 images; see the kernels module) and make the same
 swaps from the same random numbers (a test runs the torch path on CPU and
 compares). A batch of 256K values or more is cut into an even number (at least two) of balanced
 chunks of at most ~2M values (they stay in cache); on CPU the chunks run on a
