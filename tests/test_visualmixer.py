@@ -239,7 +239,7 @@ def test_compiled_quadtree_equals_torch_path(monkeypatch, dtype):
 @pytest.mark.parametrize("shape", [(4, 3, 32, 32), (5, 1, 28, 28), (3, 3, 9, 13), (2, 2, 20, 12)])
 @pytest.mark.parametrize("channel_shuffle", [True, False])
 def test_torch_path_equals_compiled_path(monkeypatch, shape, channel_shuffle):
-    """The torch ops used off-CPU give exactly the numpy path's output, keyed or from a generator,
+    """The torch ops used off-CPU give exactly the compiled CPU path's output, keyed or from a generator,
     clipped edge windows included."""
     from keyveil.schemes import visualmixer as vm
 
