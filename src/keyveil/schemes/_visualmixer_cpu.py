@@ -81,8 +81,8 @@ def quadtree_levels(x, sizes, min_level, single, level_map):
                         out_v[j] += d * d
         sums.fill(0.0)
         for level in range(levels - 1):  # one pass over the pixels per level
-            nw = (w + sizes[level] - 1) // sizes[level]
             s = sizes[level]
+            nw = (w + s - 1) // s
             ck = col_keep[level]
             for i in range(h):
                 first, keep = starts[level] + row_win[level, i] * nw, row_keep[level, i]
@@ -152,6 +152,15 @@ def _kth_smallest(a, k):
 
 
 @njit(nogil=True, cache=True)
+def _ceil_log2(m):
+    """``ceil(log2 m)``, at least 1: a step uses the top ``32 - ceil(log2 m)`` bits of its word."""
+    shift = 1
+    while (1 << shift) < m:
+        shift += 1
+    return shift
+
+
+@njit(nogil=True, cache=True)
 def shuffle_level(items, h, w, together, selected, window, nw, s, di, dj, words, uniforms):
     """Fisher–Yates shuffle, in place, of every selected window of side ``s``.
 
@@ -173,13 +182,11 @@ def shuffle_level(items, h, w, together, selected, window, nw, s, di, dj, words,
     groups = 1 if together else channels
     keyed = uniforms.shape[0] > 0
     off = di * w + dj  # raster offset of every z position from the window's corner
-    pos = np.empty(n, dtype=np.int64)
-    zoff = np.empty(n, dtype=np.int64)
+    pos = np.empty(n, dtype=np.int64)  # a window's positions inside the image (raster)
+    every_z = np.arange(n)  # ... and their z positions: all of a whole window,
+    clipped_z = np.empty(n, dtype=np.int64)  # or those of a window clipped by the border
     jj = np.empty(n, dtype=np.int64)  # the partner of every step
-    log = 1
-    while (1 << log) < n:
-        log += 1
-    bits_full, shift_full = 32 - log, log  # random bits per step for whole windows, and the shift
+    whole_shift = _ceil_log2(n)
     i = 0
     for b in range(b_count):
         for g in range(groups):
@@ -190,37 +197,26 @@ def shuffle_level(items, h, w, together, selected, window, nw, s, di, dj, words,
                     continue
                 top, left = (cell // nw) * s, (cell % nw) * s
                 base = top * w + left
-                if top + s <= h and left + s <= w:  # the whole window: item t at z position t
-                    m = n
+                if top + s <= h and left + s <= w:
+                    m, zoff, shift = n, every_z, whole_shift
                     for p in range(n):
                         pos[p] = base + off[p]
-                    if keyed:
-                        urow = uniforms[b, g, r * n : r * n + n]
-                        for t in range(1, n):
-                            jj[t] = min(np.int64(np.float32(urow[t]) * np.float32(t + 1)), t)
-                    else:
-                        wrow = words[i]
-                        for t in range(1, n):
-                            jj[t] = ((np.int64(wrow[t]) >> shift_full) * (t + 1)) >> bits_full
-                else:  # clipped by the image border: its positions inside
-                    m = 0
+                else:
+                    m, zoff = 0, clipped_z
                     for p in range(n):
                         if top + di[p] < h and left + dj[p] < w:
                             pos[m] = base + off[p]
                             zoff[m] = p
                             m += 1
-                    log = 1
-                    while (1 << log) < m:
-                        log += 1
-                    bits = 32 - log
-                    if keyed:
-                        urow = uniforms[b, g, r * n : r * n + n]
-                        for t in range(1, m):
-                            jj[t] = min(np.int64(np.float32(urow[zoff[t]]) * np.float32(t + 1)), t)
-                    else:
-                        wrow = words[i]
-                        for t in range(1, m):
-                            jj[t] = ((np.int64(wrow[zoff[t]]) >> (32 - bits)) * (t + 1)) >> bits
+                    shift = _ceil_log2(m)
+                if keyed:
+                    urow = uniforms[b, g, r * n : r * n + n]
+                    for t in range(1, m):
+                        jj[t] = min(np.int64(np.float32(urow[zoff[t]]) * np.float32(t + 1)), t)
+                else:
+                    wrow = words[i]
+                    for t in range(1, m):
+                        jj[t] = ((np.int64(wrow[zoff[t]]) >> shift) * (t + 1)) >> (32 - shift)
                 if together:
                     for t in range(m - 1, 0, -1):
                         pa, pb = pos[t], pos[jj[t]]

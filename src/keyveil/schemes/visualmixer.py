@@ -420,7 +420,7 @@ _POOL_LOCK = threading.Lock()
 def _worker_pool(workers: int) -> ThreadPoolExecutor:
     """A lasting pool of ``workers`` threads whose torch ops run single-threaded.
 
-    numpy's indexing releases the GIL, so chunks on threads use all cores; but
+    The compiled kernels release the GIL, so chunks on threads use all cores; but
     a torch op called from a thread with torch's default thread count starts
     its own team of OpenMP threads, and the teams fight for the cores (slower
     than one thread). A thread takes torch's count when it first runs an op,
