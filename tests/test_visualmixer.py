@@ -221,14 +221,14 @@ def test_key_space_bits_counts_the_smallest_windows():
 def test_compiled_quadtree_equals_torch_path(monkeypatch, dtype):
     """The compiled CPU quadtree picks exactly the windows of the torch ops used off-CPU,
     per-image lower bounds and clipped edge windows included."""
-    from keyveil.schemes import visualmixer as vm
+    from keyveil.schemes.visualmixer import _backend
 
     x = random_images((6, 3, 37, 29), dtype, seed=5)
     x[:3, :, :18] = x[:3, :, :18] // 16 if dtype == torch.uint8 else x[:3, :, :18] / 16
     min_level = torch.tensor([0, 1, 3, 2, 3, 3])
     layouts = []
     for compiled_on_cpu in (True, False):
-        monkeypatch.setattr(vm, "_COMPILED_ON_CPU", compiled_on_cpu)
+        monkeypatch.setattr(_backend, "_COMPILED_ON_CPU", compiled_on_cpu)
         layouts.append([quadtree_windows(x, (16, 8, 4, 2), min_level=m) for m in (None, min_level)])
     for a, b in zip(*layouts):
         assert all(torch.equal(p, q) for p, q in zip(a.selected, b.selected))
@@ -241,14 +241,14 @@ def test_compiled_quadtree_equals_torch_path(monkeypatch, dtype):
 def test_torch_path_equals_compiled_path(monkeypatch, shape, channel_shuffle):
     """The torch ops used off-CPU give exactly the compiled CPU path's output, keyed or from a generator,
     clipped edge windows included."""
-    from keyveil.schemes import visualmixer as vm
+    from keyveil.schemes.visualmixer import _backend
 
     x = random_images(shape, torch.uint8, seed=3)
     x[:, :, : shape[2] // 2] //= 16  # flat half: windows of every size
     s = mixer(1, channel_shuffle=channel_shuffle)
     outs = []
     for compiled_on_cpu in (True, False):
-        monkeypatch.setattr(vm, "_COMPILED_ON_CPU", compiled_on_cpu)
+        monkeypatch.setattr(_backend, "_COMPILED_ON_CPU", compiled_on_cpu)
         outs.append((s.encrypt(x, nonce=list(range(shape[0]))),
                      s.encrypt(x, generator=torch.Generator().manual_seed(8))))
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
@@ -270,7 +270,7 @@ def test_half_precision_grad_and_strided_inputs():
 def test_worker_threads_run_torch_single_threaded_and_caller_keeps_its_count():
     """Chunks run on a lasting pool whose threads were started with one torch thread
     (else every worker would start its own OpenMP team and they would fight for the cores)."""
-    from keyveil.schemes import visualmixer as vm
+    from keyveil.schemes.visualmixer import shuffle as vm
 
     before = torch.get_num_threads()
     try:
@@ -310,7 +310,7 @@ def test_chunked_batches_are_reproducible_and_permute_windows():
 
 
 def test_prepare_loads_the_compiled_kernels_before_workers_fork():
-    from keyveil.schemes import visualmixer as vm
+    from keyveil.schemes.visualmixer import _backend as vm
 
     vm._KERNELS = None
     mixer(None).prepare(torch.float32)
@@ -321,7 +321,7 @@ def test_prepare_loads_the_compiled_kernels_before_workers_fork():
 
 def test_kth_smallest_matches_a_sort():
     """The quickselect behind the compiled quadtree's lower median, ties and odd/even sizes included."""
-    from keyveil.schemes._visualmixer_cpu import _kth_smallest
+    from keyveil.schemes.visualmixer._cpu import _kth_smallest
 
     rng = np.random.default_rng(0)
     for n in (1, 2, 3, 16, 17, 784):

@@ -3,8 +3,9 @@
 :func:`quadtree_levels` is Algorithm 1 (the windows of every image) and
 :func:`shuffle_level` the in-window Fisher–Yates shuffle of one window size,
 both on the image in raster layout, one image after another. They compute
-what the torch ops of :mod:`~keyveil.schemes.visualmixer` compute on other
-devices — the same windows for uint8 images, whose energies are integers
+what the torch ops of :mod:`~keyveil.schemes.visualmixer.windows` and
+:mod:`~keyveil.schemes.visualmixer.shuffle` compute on other devices — the
+same windows for uint8 images, whose energies are integers
 (unless a window's sum of squared differences passes 2**24, which takes
 near-maximal contrast across a whole window, where float32 sums on a GPU
 round), while float images may differ where a window's energy ties the median

@@ -1,0 +1,237 @@
+"""The ``visualmixer`` scheme: VFE-guided adaptive window pixel shuffle (VisualMixer, DESIGN.md §3.4).
+
+:class:`VisualMixer` chooses every image's windows with
+:func:`~keyveil.schemes.visualmixer.windows.quadtree_windows` (optionally
+raising each image's smallest window to a VFE target) and shuffles the pixels
+inside them with :func:`~keyveil.schemes.visualmixer.shuffle.shuffle_windows`,
+from a generator or from keyed per-image uniforms (``nonce``).
+
+A batch of 256K values or more is cut into an even number (at least two) of
+balanced chunks of at most ~2M values (they stay in cache); on CPU the chunks
+run on a lasting pool of ``torch.get_num_threads()`` threads (the kernels
+release the GIL), each chunk with its own generator seeded in order, so the
+output for a given generator does not depend on the thread count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from statistics import NormalDist
+from typing import Any
+
+import torch
+
+from ...keys import Key
+from ..base import Nonce, Scheme, _fresh_generator, log2_factorial, per_image_uniform
+from ..convert import to_batch
+from ..errors import SchemeError
+from ..registry import register_scheme
+from ._backend import _compiled_path
+from .bounds import ws_upper
+from .shuffle import _child_generator, _worker_pool, shuffle_windows
+from .windows import WindowLayout, _areas, quadtree_windows, window_sizes
+
+_CHUNK_VALUES = 1 << 21
+_PARALLEL_VALUES = 1 << 18
+
+__all__ = ["VisualMixer"]
+
+
+@register_scheme
+class VisualMixer(Scheme):
+    """VisualMixer (VIM): per-image random pixel shuffle in VFE-guided windows.
+
+    Args:
+        key: optional; with a key, ``encrypt(x, nonce=...)`` is reproducible
+            (same key and nonce give the same output, batched or not).
+        ws_min: smallest window side (privacy floor, default 2).
+        ws_max: largest window side (utility ceiling, default 8; rounded down
+            to ``ws_min * 2**l``).
+        window: a uniform window side instead of the adaptive quadtree (the
+            plain window shuffle of the paper's Fig. 3); excludes the options above.
+        target_vfe: per-image privacy target: each image's smallest window is
+            raised to :func:`keyveil.metrics.ws_lower` for its own pixel
+            variance (at ``confidence``, over the whole image); images that
+            cannot reach it get ``ws_max``-sized windows only.
+        delta_max: derive ``ws_max`` from :func:`keyveil.metrics.ws_upper`
+            (Monte-Carlo, seed 0) instead of giving it.
+        confidence: confidence for both bounds (default 0.95).
+        channel_shuffle: one permutation per channel (default, as the paper).
+
+    Examples:
+        >>> import torch
+        >>> from keyveil import Key, schemes
+        >>> s = schemes.create("visualmixer", ws_min=2, ws_max=8)
+        >>> x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+        >>> y = s.encrypt(x)
+        >>> y.shape, y.dtype
+        (torch.Size([2, 3, 32, 32]), torch.uint8)
+        >>> bool(torch.equal(y.flatten(1).sort(1).values, x.flatten(1).sort(1).values))
+        True
+        >>> keyed = schemes.create("visualmixer", Key.from_seed(1))
+        >>> bool(torch.equal(keyed.encrypt(x, nonce=[5, 6]), keyed.encrypt(x, nonce=[5, 6])))
+        True
+        >>> sorted(set(s.windows(x).sizes))
+        [2, 4, 8]
+
+    Notes:
+        Window sides are in pixels, so the same options hide less of a larger
+        image: the default 2..8 scrambles a CIFAR-size image but leaves a
+        512x512 photo recognizable; scale ``ws_min``/``ws_max`` with the
+        resolution or set ``target_vfe``.
+        Shuffling keeps every window's multiset of values, so window
+        histograms (and with ``channel_shuffle=False`` whole pixels) stay in
+        the clear, and a learned inverse can be trained by anyone on public
+        images, since no secret is involved. See SECURITY.md and
+        ``keyveil.attacks``.
+    """
+
+    name = "visualmixer"
+    description = "VFE-guided adaptive window pixel shuffle in space and per channel (VisualMixer)"
+    invertible = False
+    per_image = True
+    needs_key = False
+
+    def __init__(
+        self,
+        key: Key | None = None,
+        *,
+        ws_min: int | None = None,
+        ws_max: int | None = None,
+        window: int | None = None,
+        target_vfe: float | None = None,
+        delta_max: float | None = None,
+        confidence: float = 0.95,
+        channel_shuffle: bool = True,
+    ) -> None:
+        super().__init__(key)
+        for label, v in (("ws_min", ws_min), ("ws_max", ws_max), ("window", window)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise SchemeError(f"{label} must be a positive int, got {v!r}")
+        if not 0.0 < confidence < 1.0:
+            raise SchemeError(f"confidence must be strictly between 0 and 1, got {confidence!r}")
+        if window is not None and any(v is not None for v in (ws_min, ws_max, target_vfe, delta_max)):
+            raise SchemeError("window=... sets one uniform window size; do not combine it with "
+                              "ws_min, ws_max, target_vfe or delta_max")
+        if ws_max is not None and delta_max is not None:
+            raise SchemeError("give either ws_max or delta_max (which derives ws_max), not both")
+        if target_vfe is not None and target_vfe <= 0:
+            raise SchemeError(f"target_vfe must be positive, got {target_vfe!r}")
+        self.window = window
+        self.target_vfe = None if target_vfe is None else float(target_vfe)
+        self.delta_max = None if delta_max is None else float(delta_max)
+        self.confidence = float(confidence)
+        self.channel_shuffle = bool(channel_shuffle)
+        if window is not None:
+            self.ws_min = self.ws_max = window
+        else:
+            self.ws_min = 2 if ws_min is None else ws_min
+            if ws_max is None:
+                ws_max = 8 if delta_max is None else max(1, ws_upper(delta_max, confidence))
+            if ws_max < self.ws_min:
+                raise SchemeError(f"ws_max ({ws_max}) is below ws_min ({self.ws_min}); "
+                                  "lower ws_min or raise ws_max/delta_max")
+            self.ws_max = ws_max
+        self.sizes = window_sizes(self.ws_min, self.ws_max)
+
+    def params_dict(self) -> dict[str, Any]:
+        return {
+            "ws_min": self.ws_min,
+            "ws_max": self.ws_max,
+            "window": self.window,
+            "target_vfe": self.target_vfe,
+            "delta_max": self.delta_max,
+            "confidence": self.confidence,
+            "channel_shuffle": self.channel_shuffle,
+        }
+
+    def not_invertible_reason(self) -> str:
+        return ("visualmixer shuffles with fresh per-image randomness and is used without decryption "
+                "(models train on the shuffled images)")
+
+    def _min_level(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Per-image lowest level reaching ``target_vfe`` (DESIGN.md §3.4 lower bound)."""
+        if self.target_vfe is None or len(self.sizes) == 1:
+            return None
+        b, c, h, w = x.shape
+        xf = x.to(torch.float32) / (255.0 if x.dtype == torch.uint8 else 1.0)
+        sigma2 = xf.flatten(2).var(dim=2, unbiased=False).mean(1)  # (B,)
+        z = NormalDist().inv_cdf(self.confidence)
+        sizes = torch.tensor(self.sizes, dtype=torch.float32, device=x.device)  # largest first
+        windows = torch.clamp(torch.tensor([(h * w) // (s * s) for s in self.sizes],
+                                           dtype=torch.float32, device=x.device), min=1)
+        mean = 4 * sigma2[:, None] * (sizes - 1) / sizes
+        std = (2 * sigma2[:, None] / sizes**2) * torch.sqrt(4 * sizes * (sizes - 1)) / windows.sqrt()
+        ok = (mean - z * std) >= self.target_vfe  # (B, L), true for the large sizes first
+        # the last level (smallest size) that still reaches the target; 0 if none does
+        idx = torch.arange(len(self.sizes), device=x.device)
+        return torch.where(ok, idx, torch.zeros_like(idx)).amax(dim=1)
+
+    def prepare(self, dtype: torch.dtype = torch.uint8) -> None:
+        """Load (the first time: compile, ~4-8 s) the CPU kernels for ``dtype`` images."""
+        self.encrypt(torch.zeros(1, 1, 2 * self.sizes[0], 2 * self.sizes[0], dtype=dtype),
+                     generator=torch.Generator().manual_seed(0))
+
+    def windows(self, x: Any) -> WindowLayout:
+        """The windows :meth:`encrypt` uses for ``x`` (they depend only on the image)."""
+        batch, _ = to_batch(x)
+        self._check_dtype(batch)
+        return quadtree_windows(batch, self.sizes, min_level=self._min_level(batch))
+
+    def _encrypt(self, x: torch.Tensor, *, generator: torch.Generator | None, nonce: Nonce | None) -> torch.Tensor:
+        x = x.detach()
+        b, c, h, w = x.shape
+        top = self.sizes[0]
+        hp, wp = -(-h // top) * top, -(-w // top) * top
+        cu = c if self.channel_shuffle else 1
+        uniforms = None
+        if nonce is not None:
+            uniforms = per_image_uniform(
+                b, cu * hp * wp, label=f"visualmixer/shuffle/{cu}x{hp}x{wp}", key=self.key,
+                generator=None, nonce=nonce, device=x.device,
+            ).view(b, cu, hp * wp)
+        if generator is None and uniforms is None:
+            generator = _fresh_generator()
+        # Work in balanced chunks of at most ~2M values (the torch path's temporaries
+        # stay small). From ~256K values on, the count is even (at least two), so
+        # two cores share the work equally. The split depends only on the shape.
+        values = b * c * hp * wp
+        if values < _PARALLEL_VALUES or b == 1:
+            return self._encrypt_chunk(x, generator, uniforms)
+        chunks = max(2, -(-values // _CHUNK_VALUES))
+        step = -(-b // min(b, chunks + chunks % 2))
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        starts = range(0, b, step)
+        # Every chunk gets its own generator, seeded in order from ``generator``,
+        # so the output does not depend on how the chunks are scheduled.
+        gens = [None if uniforms is not None else _child_generator(generator) for _ in starts]
+
+        def run(i: int, gen: torch.Generator | None) -> None:
+            part = None if uniforms is None else uniforms[i : i + step]
+            out[i : i + step] = self._encrypt_chunk(x[i : i + step], gen, part)
+
+        workers = min(torch.get_num_threads(), len(starts)) if _compiled_path(x) else 1
+        if workers > 1:
+            list(_worker_pool(workers).map(run, starts, gens))
+        else:
+            for i, gen in zip(starts, gens):
+                run(i, gen)
+        return out
+
+    def _encrypt_chunk(self, x: torch.Tensor, generator: torch.Generator | None,
+                       uniforms: torch.Tensor | None) -> torch.Tensor:
+        layout = quadtree_windows(x, self.sizes, min_level=self._min_level(x))
+        return shuffle_windows(x, layout, channel_shuffle=self.channel_shuffle, generator=generator,
+                               uniforms=uniforms)
+
+    def key_space_bits(self, shape: Sequence[int]) -> float:
+        """log2 of the shuffles one image can receive, for the smallest windows (a lower bound).
+
+        Larger windows chosen by the quadtree only add to it; use
+        ``windows(x).shuffle_bits(C)`` for the exact figure of given images.
+        """
+        c, h, w = (3, *shape) if len(shape) == 2 else tuple(shape)
+        s = self.sizes[-1]
+        areas = _areas(h, w, s).flatten().tolist()
+        bits = sum(log2_factorial(a) for a in areas)
+        return bits * (c if self.channel_shuffle else 1)
