@@ -13,8 +13,9 @@ def test_attack_command_prints_metrics_and_writes_picture(tmp_path, capsys):
                  "--test-n", "4", "-o", str(out)]) == 0
     text = capsys.readouterr().out
     assert "fraction_recovered             1.0000" in text
-    with Image.open(out) as im:
-        assert im.size == (4 * 34, 3 * 34)  # originals / encrypted / recovered
+    with Image.open(out) as im:  # originals / encrypted / recovered, 32x32 images enlarged to 64x64, labelled
+        left, top = im.width - (2 + 4 * 66), im.height - (2 + 3 * 66)
+        assert im.mode == "RGB" and left > 0 and top > 0
 
 
 def test_attack_command_rejects_unknown_scheme(capsys):

@@ -44,22 +44,20 @@ class Row:
 
 
 def save_picture(sc: Scenario, path: Path, count: int = 6) -> Path:
-    """Originals / encrypted / recovered (rows) of the first ``count`` images as one PNG."""
-    from PIL import Image
+    """Originals / encrypted / recovered (rows) of the first ``count`` images as one labelled PNG.
 
-    rows = [sc.originals[:count], sc.encrypted[:count]]
-    if sc.recovered is not None:
-        rows.append(sc.recovered[:count])
-    c, h, w = sc.originals.shape[1:]
+    Rows are named "original", "encrypted (<scheme>)" and, when the attack
+    recovers images, "recovered (<attack>)"; columns "image 1..k".
+    """
+    from ..pictures import save_grid
+
     k = min(count, len(sc.originals))
-    canvas = torch.full((3, len(rows) * (h + 2), k * (w + 2)), 255, dtype=torch.uint8)
-    for i, row in enumerate(rows):
-        for j in range(k):
-            img = row[j].to(torch.uint8) if row.dtype == torch.uint8 else (row[j] * 255).round().to(torch.uint8)
-            canvas[:, i * (h + 2): i * (h + 2) + h, j * (w + 2): j * (w + 2) + w] = img.expand(3, h, w)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas.permute(1, 2, 0).numpy()).save(path)
-    return path
+    rows, names = [sc.originals[:k], sc.encrypted[:k]], ["original", f"encrypted ({sc.scheme})"]
+    if sc.recovered is not None:
+        rows.append(sc.recovered[:k])
+        names.append(f"recovered ({sc.attack})")
+    return save_grid(rows, path, row_labels=names, col_labels=[f"image {j}" for j in range(1, k + 1)],
+                     title=f"{sc.attack} attack on {sc.scheme}, {sc.dataset}")
 
 
 def _pct(v: float) -> str:

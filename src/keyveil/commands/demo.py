@@ -16,19 +16,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..keys import Key
+from ..pictures import column_labels, save_grid
 from ..schemes import GeometryError, create, list_schemes
 from .schemes import HEADER, format_table, schemes_table
 
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+
 
 def sample_photos(size: int = 224) -> torch.Tensor:
-    """A few real photos from scikit-image, centre-cropped to ``size``: uint8 ``(B,3,size,size)``."""
+    """The scikit-image photos :data:`PHOTOS`, centre-cropped to ``size``: uint8 ``(B,3,size,size)``."""
     from skimage import data, transform
 
     images = []
-    for name in ("astronaut", "chelsea", "coffee", "rocket"):
+    for name in PHOTOS:
         img = getattr(data, name)()
         h, w = img.shape[:2]
         s = min(h, w)
@@ -51,19 +53,6 @@ def scheme_grid(x: torch.Tensor, key: Key) -> tuple[torch.Tensor, list[str]]:
     return torch.stack(rows), names
 
 
-def save_grid(grid: torch.Tensor, path: Path, pad: int = 4) -> Path:
-    """Write a ``(rows, cols, C, H, W)`` uint8 grid of images as one PNG."""
-    r, c, ch, h, w = grid.shape
-    canvas = torch.full((ch, r * (h + pad) + pad, c * (w + pad) + pad), 255, dtype=torch.uint8)
-    for i in range(r):
-        for j in range(c):
-            y0, x0 = pad + i * (h + pad), pad + j * (w + pad)
-            canvas[:, y0:y0 + h, x0:x0 + w] = grid[i, j]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas.permute(1, 2, 0).numpy().squeeze()).save(path)
-    return path
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the demonstration on bundled real data")
     p.add_argument("-o", "--output", default="keyveil-demo", help="folder for the pictures and the report")
@@ -82,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"demo key {key.fingerprint} (a fixed demo seed: not secret)\n")
     print(format_table(HEADER, schemes_table()), "\n")
     grid, names = scheme_grid(sample_photos(), key)
-    path = save_grid(grid.transpose(0, 1).contiguous(), out / "schemes.png")
+    path = save_grid(list(grid.transpose(0, 1)), out / "schemes.png", pad=4, row_labels=list(PHOTOS),
+                     col_labels=names, title="scikit-image photos, encrypted with each scheme (demo key)")
     print(f"columns: {', '.join(names)}\nwrote {path}")
     if args.no_train:
         return 0
@@ -103,7 +93,6 @@ def train_and_key(args: argparse.Namespace, key: Key, out: Path) -> int:
     from ..data.encrypted import TEST_NONCE_OFFSET
     from ..engine import build_model, evaluate, fit, seed_everything
     from ..experiments import PaddedDataset, Timer, predict
-    from ..experiments import save_grid as save_rows
     from ..models import keyed
 
     timer = Timer()
@@ -112,7 +101,8 @@ def train_and_key(args: argparse.Namespace, key: Key, out: Path) -> int:
     test = create_dataset(name, "test").limit(args.test_images)
     # dataset samples with every scheme (padded to 32x32 so block and patch schemes fit)
     padded = PaddedDataset(test, 16)
-    xs = padded.get_batch(range(0, len(padded), max(1, len(padded) // 8))[:8])[0]
+    xs, ys = padded.get_batch(range(0, len(padded), max(1, len(padded) // 8))[:8])
+    classes = column_labels(ys, test.classes, prefix="test")
     rows, used = [xs], ["plain"]
     for sname in list_schemes():
         try:
@@ -121,7 +111,8 @@ def train_and_key(args: argparse.Namespace, key: Key, out: Path) -> int:
             used.append(sname)
         except GeometryError:
             continue
-    samples = save_rows(rows, out / f"{name}_schemes.png", scale=3)
+    samples = save_grid(rows, out / f"{name}_schemes.png", scale=3, row_labels=used, col_labels=classes,
+                        title=f"{name} test images, encrypted with each scheme")
     print(f"rows: {', '.join(used)}\nwrote {samples}\n")
     print(f"training smallcnn on {len(train)} {name} images for {args.epochs} epoch(s) ...", flush=True)
     seed_everything(0)
@@ -150,8 +141,9 @@ def train_and_key(args: argparse.Namespace, key: Key, out: Path) -> int:
     print(format_table(header, table))
     print(f"\nkey {key.fingerprint}; chance is {chance:.1f} %. The keyed model gives the plain model's prediction "
           f"for {same} of {len(test)} test images.")
-    grid = save_rows([xs[:, :, 2:30, 2:30], pixel.encrypt(xs[:, :, 2:30, 2:30])], out / "pixel_samples.png",
-                     scale=3)
+    grid = save_grid([xs[:, :, 2:30, 2:30], pixel.encrypt(xs[:, :, 2:30, 2:30])], out / "pixel_samples.png",
+                     scale=3, row_labels=["plain", "pixel"], col_labels=classes,
+                     title=f"{name} test images, plain and pixel-shuffled")
     report = out / "demo.json"
     report.write_text(json.dumps({
         "dataset": name, "train_images": len(train), "test_images": len(test), "epochs": args.epochs,

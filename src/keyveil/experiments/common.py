@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data import ImageDataset
 from ..engine import to_input
+from ..pictures import save_grid  # re-exported: the one renderer of labelled picture grids
 
 __all__ = ["PaddedDataset", "predict", "save_grid", "markdown_table", "write_report", "Timer"]
 
@@ -66,26 +66,6 @@ def predict(model: nn.Module, dataset: ImageDataset, *, batch_size: int = 500) -
     out = [model(to_input(x, dev)).argmax(1).cpu()
            for x, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False)]
     return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
-
-
-def save_grid(rows: Sequence[torch.Tensor], path: str | os.PathLike[str], *, pad: int = 2,
-              scale: int = 1) -> Path:
-    """Write rows of uint8 images (each ``(N,C,H,W)``, same C/H/W) as one PNG grid."""
-    n = max(r.shape[0] for r in rows)
-    c, h, w = rows[0].shape[1:]
-    canvas = torch.full((c, len(rows) * (h + pad) + pad, n * (w + pad) + pad), 255, dtype=torch.uint8)
-    for i, row in enumerate(rows):
-        for j in range(row.shape[0]):
-            y0, x0 = pad + i * (h + pad), pad + j * (w + pad)
-            canvas[:, y0:y0 + h, x0:x0 + w] = row[j]
-    arr = canvas.permute(1, 2, 0).numpy()
-    img = Image.fromarray(arr[..., 0] if c == 1 else arr)
-    if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
-    return path
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -25,6 +25,7 @@ from ..data import EncryptedDataset, create_dataset
 from ..data.encrypted import TEST_NONCE_OFFSET
 from ..engine import build_model, evaluate, fit, seed_everything
 from ..keys import Key
+from ..pictures import column_labels
 from ..schemes import create
 from .common import Timer, markdown_table, predict, save_grid, write_report
 
@@ -99,8 +100,10 @@ def run_privdl(
     wrong_model = keyed(model, wrong, scheme="pixel", mode=mode, input_size=size).eval()
     add("keyed model, wrong key", wrong_model, enc_test, f"model keyed with {wrong.fingerprint}")
     out = Path(out_dir)
-    xs = test.get_batch(range(min(8, len(test))))[0]
-    grid = save_grid([xs, scheme.encrypt(xs)], out / "privdl_samples.png", scale=3)
+    xs, ys = test.get_batch(range(min(8, len(test))))
+    grid = save_grid([xs, scheme.encrypt(xs)], out / "privdl_samples.png", row_labels=["plain", "pixel"],
+                     col_labels=column_labels(ys, test.classes, prefix="test"),
+                     title=f"{dataset} test images, plain and pixel-shuffled")
     cpu, wall = timer.cpu, timer.wall
     chance = 1 / train.num_classes
     table = markdown_table(["setting", "accuracy (%)", "note"],

@@ -19,6 +19,7 @@ from ..data import EncryptedDataset, create_dataset
 from ..data.encrypted import TEST_NONCE_OFFSET
 from ..engine import build_model, fit, seed_everything
 from ..keys import Key
+from ..pictures import column_labels
 from ..schemes import create
 from .common import PaddedDataset, Timer, markdown_table, save_grid, write_report
 
@@ -80,8 +81,8 @@ def run_schemes(
         train = PaddedDataset(create_dataset(ds_name, "train").limit(n_limit), 16)
         test = PaddedDataset(create_dataset(ds_name, "test"), 16)
         log(f"{ds_name}: {len(train)} train / {len(test)} test, padded to {train.size}, {n_epochs} epochs")
-        xs = test.get_batch(range(0, len(test), max(1, len(test) // 6))[:6])[0]
-        rows_img, rows = [xs], []
+        xs, ys = test.get_batch(range(0, len(test), max(1, len(test) // 6))[:6])
+        rows_img, img_names, rows = [xs], ["plain"], []
         plain_acc = None
         for name in schemes:
             t = Timer()
@@ -99,6 +100,7 @@ def run_schemes(
             if scheme is not None:
                 rows_img.append(scheme.encrypt(xs, nonce=list(range(len(xs)))) if scheme.per_image and
                                 scheme.key is not None else scheme.encrypt(xs))
+                img_names.append(name)
             drop = None if plain_acc is None else 100 * (plain_acc - acc)
             rec = {"dataset": ds_name, "scheme": name, "model": arch, "accuracy": acc, "drop_points": drop,
                    "over_paper_drop": drop is not None and drop > PAPER_DROP, "epochs": n_epochs,
@@ -107,7 +109,9 @@ def run_schemes(
             rows.append(rec)
             log(f"  {name:<12} {arch:<9} {100 * acc:6.2f} %  drop {drop if drop is None else round(drop, 2)}"
                 f"  ({t.wall:.0f} s)")
-        grids.append(str(save_grid(rows_img, out / f"schemes_{ds_name}.png", scale=2)))
+        grids.append(str(save_grid(rows_img, out / f"schemes_{ds_name}.png", row_labels=img_names,
+                                   col_labels=column_labels(ys, test.classes, prefix="test"),
+                                   title=f"{ds_name} test images, encrypted with each scheme")))
         table = markdown_table(
             ["scheme", "model", "accuracy (%)", "drop vs plain (points)", f"> {PAPER_DROP}?", "time (s)"],
             [[r["scheme"], r["model"], f"{100 * r['accuracy']:.2f}",
