@@ -36,6 +36,7 @@ from .ciphertext_only import CiphertextOnly
 from .inversion import LearnedInversion, UNet
 from .jigsaw import JigsawSolver, block_comparison
 from .membership import MembershipInference, auc, train_classifier
+from .model_key import KeyFromModel, layout_from_taps, offsets_to_taps
 from .permutation import ChosenPlaintext, KnownPlaintext, crafted_images
 
 __all__ = [
@@ -59,4 +60,7 @@ __all__ = [
     "block_comparison",
     "KnownPlaintext",
     "crafted_images",
+    "KeyFromModel",
+    "layout_from_taps",
+    "offsets_to_taps",
 ]

@@ -26,7 +26,8 @@ from .scenarios import Scenario, make_scheme, plain_baseline, run_scenario
 
 __all__ = ["SECTIONS", "Row", "security_report", "save_picture"]
 
-SECTIONS = ("chosen-plaintext", "known-plaintext", "ciphertext-only", "jigsaw", "learned-inversion", "membership")
+SECTIONS = ("chosen-plaintext", "known-plaintext", "ciphertext-only", "jigsaw", "learned-inversion", "membership",
+            "key-from-model")
 
 
 @dataclass
@@ -83,6 +84,10 @@ def _verdict(section: str, m: dict[str, float]) -> str:
         return "**structure recovered**" if gain >= 0.2 else ("partly" if gain >= 0.05 else "holds")
     if section == "membership":
         return "**leaks** membership" if m["auc"] >= 0.55 else "no measurable leak"
+    if section == "key-from-model":
+        f = m["fraction_recovered"]
+        return "**broken**: the model gives up the key" if f == 1.0 else (
+            "**broken**: most of the key" if f >= 0.9 else ("partly" if f >= 0.3 else "holds"))
     return ""
 
 
@@ -101,6 +106,8 @@ class _Runner:
         pic = ""
         if self.pictures is not None and sc.recovered is not None:
             extra = f"-{kw['n']}pairs" if section == "known-plaintext" else ""
+            if section == "key-from-model":
+                extra = "-{mode}-{method}-{source}".format(**sc.settings)
             tag = re.sub(r"[^A-Za-z0-9_-]+", "-", f"{section}-{label or scheme_name}-{dataset}{extra}").strip("-")
             pic = str(save_picture(sc, self.pictures / f"security-{tag}.png"))
         row = Row(section, label or scheme_name, dataset, figure(m), data.format(**{**m, **sc.settings}),
@@ -173,8 +180,23 @@ def _membership(r: _Runner) -> None:
               n=n, test_n=n, options={"epochs": epochs})
 
 
+def _model_key(r: _Runner) -> None:
+    fig = lambda m: (f"{_pct(m['fraction_recovered'])} of the key; {_pct(m['decrypted_exactly'])} of the "  # noqa: E731
+                     "test images decrypted bit-exactly")
+    data = {"buffers": "{mode} mode: its buffers", "probe": "{mode} mode: {queries} probe images, no buffer read"}
+    sets = (("fashion-mnist", 20), ("orl", 20), ("photos", 6))
+    for dataset, test_n in sets[:1] if r.quick else sets:
+        for mode in ("input", "features", "deformable"):
+            for method in ("buffers", "probe"):
+                r.run("key-from-model", "pixel", dataset, fig, "keyed smallcnn, " + data[method], test_n=test_n,
+                      options={"mode": mode, "method": method})
+    for method, text in (("buffers", "the file's tensors"), ("probe", "the model loaded from it, probed")):
+        r.run("key-from-model", "pixel", "fashion-mnist", fig, "checkpoint saved with key material, {mode} mode: "
+              + text, test_n=20, options={"mode": "deformable", "method": method, "checkpoint": True})
+
+
 _RUNNERS = {"chosen-plaintext": _chosen, "known-plaintext": _known, "ciphertext-only": _cot, "jigsaw": _jigsaw,
-            "learned-inversion": _inversion, "membership": _membership}
+            "learned-inversion": _inversion, "membership": _membership, "key-from-model": _model_key}
 
 
 def security_report(
@@ -296,6 +318,10 @@ _THREAT_MODEL = [
     "there is no key to recover; but the scheme is public, so anybody can make unlimited training pairs "
     "and learn to invert what the scheme leaves (patch contents, local statistics, window means). "
     "`patch` keeps every patch intact: a jigsaw solver reassembles it.",
+    "- **A keyed model is the key.** A keyed CNN (and a checkpoint saved with key material) stores the key's "
+    "permutations as buffers; anyone holding it reads the key off them, or recovers it by running the model "
+    "on three probe images, in every mode. Only the key holder, or a party already trusted with the plain "
+    "images, may hold a keyed model; serving one on an untrusted server gives that server the key.",
     "- **No scheme protects membership**: a model trained on encrypted data over-fits its training set as "
     "much as a plain one, so loss-threshold membership inference works the same.",
     "- Out of scope: side channels, the security of the machine holding the key, and formal privacy "
@@ -339,6 +365,25 @@ _SECTION_TEXT = {
                          "on held-out images (Fashion-MNIST test set; AT&T/ORL faces of people 36–40, never "
                          "seen in training, centre-cropped to 96×80). The baseline is the SSIM of the "
                          "encrypted image itself.",
+    "key-from-model": "Who must not hold a keyed model: anyone who must not read the client's images. A keyed CNN "
+                      "(`keyveil.models.keyed`) runs the plain weights on scrambled maps, so it stores where "
+                      "every pixel went; the keyed model, or a checkpoint saved with "
+                      "`save_keyed(..., include_key_material=True)`, *is* the key. Only the key holder, or a party "
+                      "already trusted with the plain images, may hold one; serving the keyed model on an "
+                      "untrusted server gives that server the key, and with it every past and future image. "
+                      "Keep keyed models on the client side; hand out checkpoints saved with `save_keyed`'s "
+                      "default (plain weights and the key's fingerprint only: the attack finds nothing in them, "
+                      "and they need the key to load). Attack `key-from-model` (`keyveil.attacks.KeyFromModel`) "
+                      "on the victim's keyed small CNN (random weights: the attack uses no trained value): "
+                      "'buffers' reads the un-scramble permutation (input and "
+                      "features modes) or rebuilds the layout from the first deformable convolution's tap table "
+                      "(deformable mode: neighbouring taps are neighbouring pixels); 'probe' reads no buffer: "
+                      "it runs the model on ⌈log_256(H·W+1)⌉ images spelling each scrambled position plus one "
+                      "black image and solves the first convolution's linear response for its taps, using only "
+                      "the weights and activations that anyone running the model has. A purely remote attacker "
+                      "that sees only logits is not covered. The checkpoint rows attack the file itself "
+                      "(buffers) or the model `load_keyed` builds from it (probe). The attack CPU time includes "
+                      "decrypting the test images.",
     "membership": "A small CNN trained on Fashion-MNIST members as the server sees them (encrypted once); "
                   "loss-threshold attack (Yeom et al. 2018) on members vs as many test-set non-members, "
                   "queried encrypted the same way. AUC 0.5 = no leak.",

@@ -190,10 +190,24 @@ def keyed(
         KeyedModelError: bad arguments (scheme, size, mode).
 
     Notes:
-        A keyed model holds the key's permutations, so it is as secret as the
-        key: save it with :func:`keyveil.models.save_keyed` (which can leave
-        the key material out). A fixed pixel permutation is recoverable from
-        a few chosen plaintexts; see SECURITY.md.
+        **A keyed model is the key.** It holds the key's permutations (index
+        buffers; in ``deformable`` mode the integer offsets and tap tables,
+        from which the input permutation follows), so whoever holds it can
+        decrypt every image encrypted under the key. The attack
+        ``key-from-model`` (:class:`keyveil.attacks.KeyFromModel`) measures
+        this for keyed CNNs: reading the buffers, or, without reading any, by
+        running the model on three probe images and solving its first
+        convolution's response, it recovered 100 % of the key in every mode
+        (28×28, 96×80 and 3×224×224 small CNNs; at most 0.06 s CPU from the
+        buffers, 0.22 s probing, on one core). So nobody who must not read the
+        client's images may hold a keyed model: only the key holder, or a
+        party already trusted with the plain images. Serving a keyed model
+        on an untrusted server gives that server the key; keep it on the
+        client side, and hand out checkpoints made by
+        :func:`keyveil.models.save_keyed`'s default, which holds the plain
+        weights and the key's fingerprint only. Independently of the model,
+        a fixed pixel permutation is recoverable from a few chosen
+        plaintexts; see SECURITY.md.
     """
     if not isinstance(key, Key):
         raise TypeError(f"key must be a keyveil.Key, got {type(key).__name__}")
