@@ -38,6 +38,7 @@ from .jigsaw import JigsawSolver, block_comparison
 from .membership import MembershipInference, auc, train_classifier
 from .model_key import KeyFromModel, layout_from_taps, offsets_to_taps
 from .permutation import ChosenPlaintext, KnownPlaintext, crafted_images
+from .reidentify import CNNRecognizer, Eigenfaces, Reidentify, View, face_split
 
 __all__ = [
     "Attack",
@@ -60,6 +61,11 @@ __all__ = [
     "block_comparison",
     "KnownPlaintext",
     "crafted_images",
+    "Reidentify",
+    "Eigenfaces",
+    "CNNRecognizer",
+    "View",
+    "face_split",
     "KeyFromModel",
     "layout_from_taps",
     "offsets_to_taps",

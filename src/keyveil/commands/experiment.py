@@ -1,4 +1,4 @@
-"""``keyveil experiment``: reproduce the seeds' tables (``privdl``, ``schemes``) under ``results/``."""
+"""``keyveil experiment``: reproduce the seeds' tables (``privdl``, ``schemes``, ``frontier``) under ``results/``."""
 
 from __future__ import annotations
 
@@ -37,6 +37,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("-o", "--output", default="results")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=run_schemes_cmd)
+    f = inner.add_parser("frontier", help="privacy (face re-identification) vs accuracy for every scheme's strength")
+    f.add_argument("--schemes", nargs="+", help="only the points of these schemes (default: all; plain is kept)")
+    f.add_argument("--epochs", type=int, default=2, help="Fashion-MNIST training epochs (default 2)")
+    f.add_argument("--limit", type=int, default=10000, help="Fashion-MNIST training images (default 10000)")
+    f.add_argument("--test-limit", type=int, help="Fashion-MNIST test images (default: all 10000)")
+    f.add_argument("--batch-size", type=int, default=64)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("-o", "--output", default="results")
+    f.add_argument("--resume", action="store_true",
+                   help="reuse the points of an earlier frontier.json in --output measured with the same recipe")
+    f.add_argument("--quiet", action="store_true")
+    f.set_defaults(func=run_frontier_cmd)
 
 
 def _log(s: str) -> None:
@@ -69,5 +81,23 @@ def run_schemes_cmd(args: argparse.Namespace) -> int:
     data = run_schemes(datasets=args.datasets, schemes=args.schemes or SCHEMES, epochs=epochs,
                        limit=args.limit, batch_size=args.batch_size, seed=args.seed, out_dir=args.output,
                        progress=not args.quiet, log=_log)
+    print(f"\n{data['wall_s']:.0f} s wall, {data['cpu_s']:.0f} s CPU; wrote " + ", ".join(data["files"]))
+    return 0
+
+
+def run_frontier_cmd(args: argparse.Namespace) -> int:
+    from ..experiments import POINTS, run_frontier
+
+    known = sorted({p.scheme for p in POINTS})
+    unknown = [s for s in args.schemes or [] if s not in known]
+    if unknown:
+        raise ValueError(f"--schemes {' '.join(unknown)}: the frontier sweeps {', '.join(known)}")
+    points = [p for p in POINTS if not args.schemes or p.scheme in args.schemes]
+    for label, v in (("--epochs", args.epochs), ("--limit", args.limit), ("--batch-size", args.batch_size)):
+        if v is not None and v < 1:
+            raise ValueError(f"{label} must be >= 1, got {v}")
+    data = run_frontier(points=points, epochs=args.epochs, limit=args.limit, test_limit=args.test_limit,
+                        batch_size=args.batch_size, seed=args.seed, out_dir=args.output, resume=args.resume,
+                        progress=not args.quiet, log=_log)
     print(f"\n{data['wall_s']:.0f} s wall, {data['cpu_s']:.0f} s CPU; wrote " + ", ".join(data["files"]))
     return 0

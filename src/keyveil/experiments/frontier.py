@@ -1,0 +1,327 @@
+"""The privacy–utility frontier: every scheme's strength knob, each point measured both ways (DESIGN.md §7).
+
+Utility: the accuracy of the recipe of ``keyveil experiment schemes`` (small
+CNN, or Hao et al.'s invariant ViT for ``patch``/``mix``) trained on encrypted
+Fashion-MNIST (zero-padded to 32×32), its drop against the same recipe on
+plain images, and — where a keyed model applies (``pixel``, ``…+pixel``) — the
+accuracy of a model converted with the key (no retraining). Privacy: the
+re-identification attack (:class:`keyveil.attacks.Reidentify`) on AT&T faces
+(112×92, gallery photos 1–5, probes 6–10, chance 2.5 %) for every attacker
+variant that applies, the worst of them, and the SSIM of the learned
+inversion's reconstructions.
+
+Strength is given relative to the image's longer side, so one setting means
+the same on 32×32 and on 112×92: a window of ``1/4`` is 8 px on Fashion-MNIST
+and 28 px on faces.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..attacks.reidentify import Reidentify, face_split
+from ..data import EncryptedDataset, ImageDataset, create_dataset
+from ..data.encrypted import TEST_NONCE_OFFSET
+from ..engine import build_model, fit, seed_everything
+from ..keys import Key
+from ..metrics import ssim
+from ..schemes import Scheme, create, scheme_class
+from .common import PaddedDataset, Timer, markdown_table, predict, write_report
+
+__all__ = ["Point", "POINTS", "run_frontier", "pareto_front"]
+
+
+@dataclass(frozen=True)
+class Point:
+    """One setting of one scheme: ``options(side)`` gives the scheme's options for images of that longer side."""
+
+    scheme: str
+    label: str
+    strength: float | None
+    options: Callable[[int], dict[str, Any]]
+    keyed_model: bool = False
+
+    def make(self, key: Key, side: int) -> Scheme | None:
+        if self.scheme == "plain":
+            return None
+        opts = self.options(side)
+        return create(self.scheme, key if _needs_key(self.scheme) else None, **opts)
+
+
+def _needs_key(name: str) -> bool:
+    return bool(scheme_class(name).needs_key)
+
+
+def _px(fraction: float, side: int, *, multiple: int = 1) -> int:
+    return max(multiple, int(round(fraction * side / multiple)) * multiple)
+
+
+def _window(f: float) -> Callable[[int], dict[str, Any]]:
+    return lambda side: {"window": _px(f, side)}
+
+
+def _quadtree(lo: float, levels: int) -> Callable[[int], dict[str, Any]]:
+    return lambda side: {"ws_min": _px(lo, side), "ws_max": _px(lo, side) * 2 ** levels}
+
+
+def _sized(name: str, f: float, **extra: Any) -> Callable[[int], dict[str, Any]]:
+    return lambda side: {name: _px(f, side), **extra}
+
+
+def _mix(f: float, grid: int) -> Callable[[int], dict[str, Any]]:
+    return lambda side: {"patch_size": _px(f, side, multiple=grid), "grid": grid}
+
+
+POINTS: tuple[Point, ...] = (
+    Point("plain", "no encryption", None, lambda side: {}),
+    Point("pixel", "fixed-key pixel shuffle", None, lambda side: {}, keyed_model=True),
+    Point("visualmixer", "seed default 2..8 px", None, lambda side: {"ws_min": 2, "ws_max": 8}),
+    Point("visualmixer", "quadtree 1/16..1/4", 1 / 16, _quadtree(1 / 16, 2)),
+    Point("visualmixer", "quadtree 1/8..1/2", 1 / 8, _quadtree(1 / 8, 2)),
+    Point("visualmixer", "window 1/8", 1 / 8, _window(1 / 8)),
+    Point("visualmixer", "window 1/4", 1 / 4, _window(1 / 4)),
+    Point("visualmixer", "window 1/2", 1 / 2, _window(1 / 2)),
+    Point("visualmixer", "window 1 (whole image)", 1.0, _window(1.0)),
+    Point("etc", "blocks 1/8", 1 / 8, _sized("block_size", 1 / 8)),
+    Point("etc", "blocks 1/4", 1 / 4, _sized("block_size", 1 / 4)),
+    Point("etc", "blocks 1/2", 1 / 2, _sized("block_size", 1 / 2)),
+    Point("patch", "patches 1/8", 1 / 8, _sized("patch_size", 1 / 8)),
+    Point("patch", "patches 1/4", 1 / 4, _sized("patch_size", 1 / 4)),
+    Point("patch", "patches 1/2", 1 / 2, _sized("patch_size", 1 / 2)),
+    Point("mix", "patches 1/4, 2x2 sub-patches", 1 / 4, _mix(1 / 4, 2)),
+    Point("mix", "patches 1/4, 4x4 sub-patches", 1 / 4, _mix(1 / 4, 4)),
+    Point("mix", "patches 1/2, 4x4 sub-patches", 1 / 2, _mix(1 / 2, 4)),
+)
+"""The default sweep (``keyveil experiment frontier``)."""
+
+FASHION_SIDE = 32  # Fashion-MNIST zero-padded to 32x32, as in ``experiment schemes``
+
+
+def _model(point: Point, scheme: Scheme | None, ds: ImageDataset) -> tuple[torch.nn.Module, str]:
+    kw = dict(in_channels=ds.channels, num_classes=ds.num_classes)
+    if point.scheme in ("patch", "mix"):
+        from ..models import mix_invariant_vit, patch_invariant_vit
+
+        p = scheme.patch_size
+        if point.scheme == "patch":
+            return patch_invariant_vit(image_size=tuple(ds.size), patch_size=p, dim=64, depth=4, heads=4, **kw), "inv-ViT"
+        return mix_invariant_vit(image_size=tuple(ds.size), patch_size=p, grid=scheme.grid, dim=64, depth=4, heads=4,
+                                 **kw), "inv-ViT"
+    return build_model("smallcnn", image_size=ds.size, **kw), "smallcnn"
+
+
+def _utility(point: Point, key: Key, train: ImageDataset, test: ImageDataset, *, epochs: int, batch_size: int,
+             seed: int, progress: bool, plain_model: torch.nn.Module | None) -> dict[str, Any]:
+    scheme = point.make(key, FASHION_SIDE)
+    tr = train if scheme is None else EncryptedDataset(train, scheme, randomness="fresh")
+    te = test if scheme is None else EncryptedDataset(test, scheme, randomness="nonce", nonce_offset=TEST_NONCE_OFFSET)
+    seed_everything(seed)
+    model, arch = _model(point, scheme, train)
+    r = fit(model, tr, test_set=te, epochs=epochs, batch_size=batch_size, seed=seed, progress=progress, device="cpu")
+    out: dict[str, Any] = {"model": arch, "accuracy": r.history[-1]["test_accuracy"], "trained": model}
+    if point.keyed_model and plain_model is not None:
+        from ..models import keyed
+
+        pixel = scheme if point.scheme == "pixel" else None
+        if pixel is not None:
+            converted = keyed(plain_model, pixel.key, input_size=(train.channels, *train.size))
+            truth = test.targets
+            out["keyed_accuracy"] = float((predict(converted, te) == truth).double().mean())
+    return out
+
+
+def _privacy(point: Point, key: Key, faces: tuple[torch.Tensor, ...], attack: Reidentify) -> dict[str, Any]:
+    g, gl, p, pl = faces
+    side = max(g.shape[-2:])
+    scheme = point.make(key, side)
+    r = attack.run(gallery=g, gallery_labels=gl, probes=p, probe_labels=pl, scheme=scheme)
+    variants: dict[str, float] = {}
+    for k, v in r.metrics.items():
+        parts = k.split("/")
+        if len(parts) == 3 and parts[2] == "top1":
+            variants[parts[0]] = max(variants.get(parts[0], 0.0), v)
+    out = {"reid": variants, "worst_top1": r.metrics["worst_top1"], "worst_top5": r.metrics["worst_top5"],
+           "chance": r.metrics["chance"], "best_view": r.details.get("best_view", {}),
+           "not_applicable": r.details["not_applicable"], "options_faces": {} if scheme is None else
+           scheme.config["params"], "attack_cpu_s": r.cost.cpu_seconds}
+    if r.reconstructions is not None:
+        out["inversion_ssim"] = float(ssim(p, r.reconstructions).mean())
+    return out
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both axes (lower is better on both), by x.
+
+    Examples:
+        >>> pareto_front([(0, 0.9), (1, 0.5), (2, 0.6), (3, 0.1)])
+        [0, 1, 3]
+    """
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
+    front, best = [], float("inf")
+    for i in order:
+        if points[i][1] < best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def _plot(rows: list[dict[str, Any]], path: Path, chance: float) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
+    names = list(dict.fromkeys(r["scheme"] for r in rows))
+    colours = dict(zip(names, plt.get_cmap("tab10").colors))
+    for r in rows:
+        x, y = r["drop_points"], 100 * r["worst_top1"]
+        ax.scatter(x, y, color=colours[r["scheme"]], s=40, zorder=3,
+                   label=r["scheme"] if r is next(q for q in rows if q["scheme"] == r["scheme"]) else None)
+        ax.annotate(r["label"], (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    xy = [(r["drop_points"], 100 * r["worst_top1"]) for r in rows]
+    front = pareto_front(xy)
+    ax.step([xy[i][0] for i in front], [xy[i][1] for i in front], "k--", where="post", lw=1, label="Pareto front",
+            zorder=2)
+    ax.axhline(100 * chance, color="grey", lw=1, ls=":", label=f"chance ({100 * chance:.1f} %)")
+    ax.axhline(200 * chance, color="red", lw=1, ls=":", label=f"2x chance ({200 * chance:.1f} %)")
+    ax.axvline(2.35, color="orange", lw=1, ls=":", label="2.35-point drop (VisualMixer's claim)")
+    ax.set_xlabel("accuracy drop on Fashion-MNIST vs plain (points; keyed model where one applies)")
+    ax.set_ylabel("worst-case re-identification top-1 on AT&T faces (%)")
+    ax.set_title("Privacy vs utility: every scheme's strength knob (lower left is better)")
+    ax.legend(fontsize=8, loc="best")
+    ax.set_ylim(0, 102)
+    ax.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.1f}"
+
+
+def run_frontier(
+    *,
+    points: Sequence[Point] = POINTS,
+    epochs: int = 2,
+    limit: int | None = 10000,
+    test_limit: int | None = None,
+    batch_size: int = 64,
+    faces: tuple[torch.Tensor, ...] | None = None,
+    attack: Reidentify | None = None,
+    dataset: str = "fashion-mnist",
+    seed: int = 0,
+    out_dir: str | Path = "results",
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda s: None,
+) -> dict[str, Any]:
+    """Measure every point; writes ``frontier.md``, ``frontier.json`` and ``frontier.png`` under ``out_dir``.
+
+    Args:
+        points: the settings to measure (default :data:`POINTS`); ``plain`` is added when missing.
+        epochs, limit, test_limit, batch_size: the utility recipe (Fashion-MNIST training images / test images).
+        faces: ``(gallery, gallery_ids, probes, probe_ids)``; default :func:`~keyveil.attacks.reidentify.face_split`.
+        attack: the re-identification attack (default: every variant, both recognizers, 30 CNN epochs).
+        dataset: the utility dataset (``fashion-mnist``; ``mnist5k`` for quick runs).
+        resume: reuse the rows of an earlier ``frontier.json`` in ``out_dir`` measured with the same
+            recipe and options (``plain`` is always measured again: it is the reference).
+    """
+    timer = Timer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        key = Key.from_seed(seed)
+    points = list(points)
+    if not any(p.scheme == "plain" for p in points):
+        points.insert(0, POINTS[0])
+    points.sort(key=lambda p: p.scheme != "plain")
+    faces = faces if faces is not None else face_split()
+    attack = attack if attack is not None else Reidentify(cnn_epochs=30, adapted_draws=2, seed=seed)
+    train = PaddedDataset(create_dataset(dataset, "train").limit(limit), 16)
+    test = PaddedDataset(create_dataset(dataset, "test").limit(test_limit), 16)
+    log(f"utility: {dataset} {len(train)} train / {len(test)} test, padded to {train.size}, {epochs} epochs; "
+        f"privacy: {len(faces[0])} gallery / {len(faces[2])} probe faces {tuple(faces[0].shape[-2:])}")
+    recipe = {"dataset": dataset, "epochs": epochs, "train_images": len(train), "test_images": len(test),
+              "batch_size": batch_size, "seed": seed, "faces": [len(faces[0]), len(faces[2]), *faces[0].shape[-2:]],
+              "attack": repr(attack)}
+    earlier = _earlier_rows(Path(out_dir) / "frontier.json", recipe) if resume else {}
+    rows: list[dict[str, Any]] = []
+    plain_acc, plain_model = None, None
+    for point in points:
+        t = Timer()
+        if point.scheme != "plain" and (point.scheme, point.label) in earlier:
+            old = earlier[(point.scheme, point.label)]
+            if old["options_fashion"] == point.make(key, FASHION_SIDE).config["params"]:
+                rows.append(old)
+                log(f"  {point.scheme:<12} {point.label:<30} reused from the earlier frontier.json")
+                continue
+        u = _utility(point, key, train, test, epochs=epochs, batch_size=batch_size, seed=seed, progress=progress,
+                     plain_model=plain_model)
+        if point.scheme == "plain":
+            plain_acc, plain_model = u["accuracy"], u["trained"]
+        q = _privacy(point, key, faces, attack)
+        best_acc = max(u["accuracy"], u.get("keyed_accuracy", 0.0))
+        row = {"scheme": point.scheme, "label": point.label, "strength": point.strength,
+               "options_fashion": {} if point.scheme == "plain" else point.make(key, FASHION_SIDE).config["params"],
+               "model": u["model"], "accuracy": u["accuracy"], "keyed_accuracy": u.get("keyed_accuracy"),
+               "drop_points": 100 * (plain_acc - best_acc), **q, "cpu_s": t.cpu, "wall_s": t.wall}
+        rows.append(row)
+        reid = ", ".join(f"{k} {100 * v:.1f}" for k, v in q["reid"].items())
+        log(f"  {point.scheme:<12} {point.label:<30} acc {100 * u['accuracy']:.2f} %"
+            + (f" (keyed {100 * u['keyed_accuracy']:.2f} %)" if u.get("keyed_accuracy") is not None else "")
+            + f"  drop {row['drop_points']:.2f}  re-id top-1 % [{reid}]  worst {100 * q['worst_top1']:.1f}"
+            f"  ({t.cpu:.0f} s CPU)")
+    front = set(pareto_front([(r["drop_points"], r["worst_top1"]) for r in rows]))
+    for i, r in enumerate(rows):
+        r["pareto"] = i in front
+    out = Path(out_dir)
+    chance = rows[0]["chance"]
+    plot = _plot(rows, out / "frontier.png", chance)
+    variants = ("glance", "adapted", "inverted", "key-recovery")
+    table = markdown_table(
+        ["scheme", "setting", "Fashion-MNIST options", "faces options", "model", "accuracy (%)", "keyed model (%)",
+         "drop (points)", *[f"re-id {v} (%)" for v in variants], "worst re-id top-1 (%)", "inversion SSIM",
+         "Pareto"],
+        [[r["scheme"], r["label"], _opts(r["options_fashion"]), _opts(r["options_faces"]), r["model"],
+          f"{100 * r['accuracy']:.2f}", _pct(r["keyed_accuracy"]), f"{r['drop_points']:.2f}",
+          *[_pct(r["reid"].get(v)) for v in variants], f"**{100 * r['worst_top1']:.1f}**",
+          "—" if r.get("inversion_ssim") is None else f"{r['inversion_ssim']:.3f}", "yes" if r["pareto"] else ""]
+         for r in rows])
+    md = (f"# Privacy–utility frontier\n\nCommand: `keyveil experiment frontier` (key {key.fingerprint}, a fixed "
+          f"seed). {timer.wall:.0f} s wall, {timer.cpu:.0f} s CPU, torch threads {torch.get_num_threads()}.\n\n"
+          f"Utility: {dataset}, {len(train)} training / {len(test)} test images padded to "
+          f"{train.size[0]}x{train.size[1]}, {epochs} epochs, batch {batch_size}, Adam (the `experiment schemes` "
+          "recipe); drop against plain, using the keyed model's accuracy where one applies. Privacy: "
+          f"re-identification on AT&T faces ({len(faces[0])} gallery / {len(faces[2])} probe photos, chance "
+          f"{100 * chance:.1f} %), best top-1 over recognizers (eigenfaces, CNN) and views (blur, pooling) per "
+          "attacker variant; — = not applicable. Strength is relative to the image's longer side.\n\n"
+          f"{table}\n\n![frontier](frontier.png)\n")
+    data = {"experiment": "frontier", "key_fingerprint": key.fingerprint, "recipe": recipe, "chance": chance,
+            "rows": [{k: v for k, v in r.items()} for r in rows], "wall_s": timer.wall, "cpu_s": timer.cpu}
+    data["files"] = [str(p) for p in write_report(out, "frontier", md, data)] + [str(plot)]
+    return data
+
+
+def _earlier_rows(path: Path, recipe: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    import json
+
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    if data.get("recipe") != json.loads(json.dumps(recipe)):
+        return {}
+    return {(r["scheme"], r["label"]): r for r in data.get("rows", [])}
+
+
+def _opts(o: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in o.items() if v is not None and k not in ("confidence", "channel_shuffle",
+                                                                                    "mixtures")) or "—"
