@@ -67,7 +67,7 @@ def main() -> None:
     sets = {"plain": base}
     for s in args.schemes:
         try:
-            sets[s] = EncryptedDataset(base, schemes.create(s, key), randomness="fresh")
+            sets[s] = EncryptedDataset(base, schemes.create(s, key, **({"ws_min": 2, "ws_max": 8} if s == "visualmixer" else {})), randomness="fresh")
         except ValueError as exc:
             print(f"skipping {s}: {exc}")
     seed_everything(0)

@@ -21,7 +21,7 @@ import tempfile
 CHILD = """
 import json, time, torch
 from keyveil import schemes
-s = schemes.create("visualmixer")
+s = schemes.create("visualmixer", ws_min=2, ws_max=8)  # the seed's windows
 x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
 times = []
 for batch in (x, x.float() / 255, x):

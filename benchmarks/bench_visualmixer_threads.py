@@ -31,7 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
-    scheme = schemes.create("visualmixer")
+    scheme = schemes.create("visualmixer", ws_min=2, ws_max=8)  # the seed's windows
     x = torch.randint(0, 256, (2 * CHUNK, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     half = x[:CHUNK].clone()
 

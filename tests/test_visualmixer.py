@@ -23,7 +23,13 @@ def photo(size: int = 64) -> torch.Tensor:
     return img[:, 20 : 20 + size, 30 : 30 + size].contiguous()
 
 
+SIZING = ("ws_min", "ws_max", "window", "target_vfe", "delta_max", "window_fraction")
+
+
 def mixer(seed: int | None = 0, **kw):
+    """The mechanism under test; without sizing options, the seed's 2..8 px windows (not the library default)."""
+    if not any(k in kw for k in SIZING):
+        kw = {"ws_min": 2, "ws_max": 8, **kw}
     return schemes.create("visualmixer", None if seed is None else Key.from_seed(seed), **kw)
 
 
@@ -328,3 +334,36 @@ def test_kth_smallest_matches_a_sort():
         for values in (rng.random(n), rng.integers(0, 4, n).astype(np.float64), np.zeros(n)):
             for k in {0, (n - 1) // 2, n - 1}:
                 assert _kth_smallest(values.copy(), k) == np.sort(values)[k]
+
+
+def test_default_windows_follow_the_image_size_and_weak_settings_warn():
+    import warnings
+
+    from keyveil.schemes import PrivacyWarning
+
+    s = schemes.create("visualmixer")
+    assert s.config["params"]["window_fraction"] == 1.0 and s.sizes is None
+    x = torch.randint(0, 256, (2, 1, 112, 92), dtype=torch.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PrivacyWarning)
+        y = s.encrypt(x, generator=torch.Generator().manual_seed(0))
+    assert s.windows(x).sizes == (112,)
+    assert torch.equal(y.flatten(1).sort(1).values, x.flatten(1).sort(1).values)  # one window: the whole image
+    assert not torch.equal(y[:, :, :56], x[:, :, :56])
+    seed_faithful = schemes.create("visualmixer", ws_min=2, ws_max=8)
+    with pytest.warns(PrivacyWarning, match="re-identifiable"):
+        seed_faithful.encrypt(x, generator=torch.Generator().manual_seed(0))
+    assert schemes.create("visualmixer", window_fraction=0.5).sizes_for(28, 20) == (14,)
+    assert schemes.create("visualmixer", target_vfe=0.01, ws_min=4).sizes_for(40, 30) == (32, 16, 8, 4)
+    for bad in ({"window_fraction": 0}, {"window_fraction": 1.5}, {"window_fraction": 0.5, "window": 4}):
+        with pytest.raises(SchemeError):
+            schemes.create("visualmixer", **bad)
+
+
+def test_default_holds_the_glance_attacker_on_faces():
+    from keyveil.attacks import Reidentify, face_split
+
+    g, gl, p, pl = face_split()
+    r = Reidentify(variants=("glance",), recognizers=("eigenfaces",)).run(
+        gallery=g, gallery_labels=gl, probes=p, probe_labels=pl, scheme=schemes.create("visualmixer"))
+    assert r.metrics["glance/eigenfaces/top1"] <= 0.10

@@ -76,6 +76,8 @@ def run_scenario(
     """
     opts = dict(options or {})
     name = type(scheme).name
+    if attack == "reidentify":
+        return _reidentify(scheme, dataset, test_n, seed, opts)
     test_x, test_y = _data.load(dataset, "test", test_n)
     if attack == "chosen-plaintext":
         opts.setdefault("nibbles", bool(getattr(scheme, "nibbles", False)))
@@ -196,8 +198,28 @@ def _key_from_model(scheme: Scheme, dataset: str, test_x: torch.Tensor, test_y: 
     return Scenario("key-from-model", name, dataset, r, test_x, enc, rec, settings)
 
 
+def _reidentify(scheme: Scheme, dataset: str, shown: int, seed: int, opts: dict[str, Any]) -> Scenario:
+    """AT&T faces: plain gallery photos 1-5, probes 6-10 encrypted (``scheme`` ``plain``: not encrypted)."""
+    import torch.nn.functional as F
+
+    from .reidentify import Reidentify, encryption_randomness, face_split
+
+    if dataset != "orl":
+        raise AttackError(f"re-identification needs faces with identities: use dataset 'orl', not {dataset!r}")
+    g, gl, p, pl = face_split()
+    victim = None if type(scheme).name == "plain" else scheme
+    r = Reidentify(seed=seed, **opts).run(gallery=g, gallery_labels=gl, probes=p, probe_labels=pl, scheme=victim)
+    pick = torch.arange(0, len(p), max(1, len(p) // max(1, shown)))[:shown]
+    ph, pw = r.details["padding"]
+    originals = F.pad(p[pick], (0, pw, 0, ph))
+    enc = originals if victim is None else victim.encrypt(originals, **encryption_randomness(victim, seed))
+    rec = None if r.reconstructions is None else F.pad(r.reconstructions[pick], (0, pw, 0, ph))
+    return Scenario("reidentify", type(scheme).name, dataset, r, originals, enc, rec,
+                    {"gallery": len(g), "probes": len(p), "people": int(gl.max()) + 1})
+
+
 SCENARIOS = ("chosen-plaintext", "known-plaintext", "ciphertext-only", "jigsaw", "learned-inversion", "membership",
-             "key-from-model")
+             "key-from-model", "reidentify")
 
 
 class _Identity(Scheme):

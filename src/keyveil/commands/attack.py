@@ -11,7 +11,7 @@ from ..attacks.scenarios import SCENARIOS, make_scheme, plain_baseline, run_scen
 from ..keys import Key
 from ..schemes import list_schemes
 
-_NAMES = (*SCENARIOS, "reidentify")
+_NAMES = SCENARIOS
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -12,7 +12,7 @@ Examples:
 from __future__ import annotations
 
 from .base import Scheme
-from .errors import GeometryError, NotInvertibleError, SchemeError, UnknownSchemeError
+from .errors import GeometryError, NotInvertibleError, PrivacyWarning, SchemeError, UnknownSchemeError
 from .registry import create, describe, list_schemes, register_preset, register_scheme, scheme_class
 
 # Importing a scheme module registers its schemes.
@@ -23,6 +23,7 @@ __all__ = [
     "SchemeError",
     "NotInvertibleError",
     "GeometryError",
+    "PrivacyWarning",
     "UnknownSchemeError",
     "create",
     "describe",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["SchemeError", "NotInvertibleError", "GeometryError", "UnknownSchemeError"]
+__all__ = ["SchemeError", "NotInvertibleError", "GeometryError", "UnknownSchemeError", "PrivacyWarning"]
 
 
 class SchemeError(ValueError):
@@ -22,3 +22,7 @@ class UnknownSchemeError(SchemeError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
+
+
+class PrivacyWarning(UserWarning):
+    """A setting leaves images more recognizable than keyveil's stated level (see SECURITY.md)."""

@@ -15,6 +15,8 @@ output for a given generator does not depend on the thread count.
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
 from statistics import NormalDist
 from typing import Any
@@ -24,12 +26,17 @@ import torch
 from ...keys import Key
 from ..base import Nonce, Scheme, _fresh_generator, log2_factorial, per_image_uniform
 from ..convert import to_batch
-from ..errors import SchemeError
+from ..errors import PrivacyWarning, SchemeError
+from ..measured import VISUALMIXER_WEAK_WINDOWS
 from ..registry import register_scheme
 from ._backend import _compiled_path
 from .bounds import ws_upper
 from .shuffle import _child_generator, _worker_pool, shuffle_windows
 from .windows import WindowLayout, _areas, quadtree_windows, window_sizes
+
+DEFAULT_WINDOW_FRACTION = 1.0
+"""Default window side relative to the image's longer side: the only VisualMixer setting that kept
+re-identification of AT&T faces by the glance attacker at or under 10 % (``keyveil experiment frontier``)."""
 
 _CHUNK_VALUES = 1 << 21
 _PARALLEL_VALUES = 1 << 18
@@ -101,6 +108,7 @@ class VisualMixer(Scheme):
         window: int | None = None,
         target_vfe: float | None = None,
         delta_max: float | None = None,
+        window_fraction: float | None = None,
         confidence: float = 0.95,
         channel_shuffle: bool = True,
     ) -> None:
@@ -117,22 +125,72 @@ class VisualMixer(Scheme):
             raise SchemeError("give either ws_max or delta_max (which derives ws_max), not both")
         if target_vfe is not None and target_vfe <= 0:
             raise SchemeError(f"target_vfe must be positive, got {target_vfe!r}")
+        sized = any(v is not None for v in (ws_min, ws_max, window, target_vfe, delta_max))
+        if window_fraction is not None:
+            if sized:
+                raise SchemeError("window_fraction=... sets uniform windows relative to the image; do not "
+                                  "combine it with ws_min, ws_max, window, target_vfe or delta_max")
+            if isinstance(window_fraction, bool) or not 0.0 < float(window_fraction) <= 1.0:
+                raise SchemeError(f"window_fraction must be in (0, 1] (of the image's longer side), "
+                                  f"got {window_fraction!r}")
+        elif not sized:
+            window_fraction = DEFAULT_WINDOW_FRACTION
+        self.window_fraction = None if window_fraction is None else float(window_fraction)
+        self._warned: set[tuple[int, int]] = set()
         self.window = window
         self.target_vfe = None if target_vfe is None else float(target_vfe)
         self.delta_max = None if delta_max is None else float(delta_max)
         self.confidence = float(confidence)
         self.channel_shuffle = bool(channel_shuffle)
-        if window is not None:
+        self.ws_min: int | None
+        self.ws_max: int | None
+        if self.window_fraction is not None:
+            self.ws_min = self.ws_max = None
+        elif window is not None:
             self.ws_min = self.ws_max = window
         else:
             self.ws_min = 2 if ws_min is None else ws_min
-            if ws_max is None:
-                ws_max = 8 if delta_max is None else max(1, ws_upper(delta_max, confidence))
-            if ws_max < self.ws_min:
+            if ws_max is None and delta_max is not None:
+                ws_max = max(1, ws_upper(delta_max, confidence))
+            elif ws_max is None and target_vfe is None:
+                ws_max = 8
+            if ws_max is not None and ws_max < self.ws_min:
                 raise SchemeError(f"ws_max ({ws_max}) is below ws_min ({self.ws_min}); "
                                   "lower ws_min or raise ws_max/delta_max")
-            self.ws_max = ws_max
-        self.sizes = window_sizes(self.ws_min, self.ws_max)
+            self.ws_max = ws_max  # None: follows the image (target_vfe alone), up to its longer side
+        self.sizes: tuple[int, ...] | None = (
+            None if self.ws_min is None or self.ws_max is None else window_sizes(self.ws_min, self.ws_max))
+
+    def sizes_for(self, h: int, w: int) -> tuple[int, ...]:
+        """The window sides (largest first) used on ``h`` x ``w`` images.
+
+        Examples:
+            >>> from keyveil import schemes
+            >>> schemes.create("visualmixer").sizes_for(112, 92)   # default: one window, the whole image
+            (112,)
+            >>> schemes.create("visualmixer", window_fraction=0.25).sizes_for(28, 28)
+            (7,)
+            >>> schemes.create("visualmixer", target_vfe=0.01).sizes_for(32, 32)
+            (32, 16, 8, 4, 2)
+        """
+        if self.sizes is not None:
+            return self.sizes
+        side = max(int(h), int(w))
+        if self.window_fraction is not None:
+            return (max(1, math.ceil(self.window_fraction * side)),)
+        levels = max(0, int(math.floor(math.log2(max(1, side // self.ws_min)))))
+        return window_sizes(self.ws_min, self.ws_min * 2 ** levels)
+
+    def _warn_if_weak(self, h: int, w: int, sizes: tuple[int, ...]) -> None:
+        """Warn once per geometry when the smallest window is below the image side (faces stay recognizable)."""
+        side = max(h, w)
+        if sizes[-1] >= side or (h, w) in self._warned:
+            return
+        self._warned.add((h, w))
+        warnings.warn(
+            f"visualmixer: windows of {sizes[-1]} px on {h}x{w} images ({sizes[-1] / side:.2f} of the longer side) "
+            f"leave people re-identifiable; {VISUALMIXER_WEAK_WINDOWS} Whole-image windows (the default, "
+            "window_fraction=1) are the only setting that held it to <= 10 %.", PrivacyWarning, stacklevel=4)
 
     def params_dict(self) -> dict[str, Any]:
         return {
@@ -141,6 +199,7 @@ class VisualMixer(Scheme):
             "window": self.window,
             "target_vfe": self.target_vfe,
             "delta_max": self.delta_max,
+            "window_fraction": self.window_fraction,
             "confidence": self.confidence,
             "channel_shuffle": self.channel_shuffle,
         }
@@ -149,39 +208,45 @@ class VisualMixer(Scheme):
         return ("visualmixer shuffles with fresh per-image randomness and is used without decryption "
                 "(models train on the shuffled images)")
 
-    def _min_level(self, x: torch.Tensor) -> torch.Tensor | None:
+    def _min_level(self, x: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor | None:
         """Per-image lowest level reaching ``target_vfe`` (DESIGN.md §3.4 lower bound)."""
-        if self.target_vfe is None or len(self.sizes) == 1:
+        if self.target_vfe is None or len(sizes) == 1:
             return None
         b, c, h, w = x.shape
         xf = x.to(torch.float32) / (255.0 if x.dtype == torch.uint8 else 1.0)
         sigma2 = xf.flatten(2).var(dim=2, unbiased=False).mean(1)  # (B,)
         z = NormalDist().inv_cdf(self.confidence)
-        sizes = torch.tensor(self.sizes, dtype=torch.float32, device=x.device)  # largest first
-        windows = torch.clamp(torch.tensor([(h * w) // (s * s) for s in self.sizes],
+        windows = torch.clamp(torch.tensor([(h * w) // (s * s) for s in sizes],
                                            dtype=torch.float32, device=x.device), min=1)
-        mean = 4 * sigma2[:, None] * (sizes - 1) / sizes
-        std = (2 * sigma2[:, None] / sizes**2) * torch.sqrt(4 * sizes * (sizes - 1)) / windows.sqrt()
+        side = torch.tensor(sizes, dtype=torch.float32, device=x.device)  # largest first
+        mean = 4 * sigma2[:, None] * (side - 1) / side
+        std = (2 * sigma2[:, None] / side**2) * torch.sqrt(4 * side * (side - 1)) / windows.sqrt()
         ok = (mean - z * std) >= self.target_vfe  # (B, L), true for the large sizes first
         # the last level (smallest size) that still reaches the target; 0 if none does
-        idx = torch.arange(len(self.sizes), device=x.device)
+        idx = torch.arange(len(sizes), device=x.device)
         return torch.where(ok, idx, torch.zeros_like(idx)).amax(dim=1)
 
     def prepare(self, dtype: torch.dtype = torch.uint8) -> None:
         """Load (the first time: compile, ~4-8 s) the CPU kernels for ``dtype`` images."""
-        self.encrypt(torch.zeros(1, 1, 2 * self.sizes[0], 2 * self.sizes[0], dtype=dtype),
-                     generator=torch.Generator().manual_seed(0))
+        side = 2 * (self.sizes or (8,))[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PrivacyWarning)
+            self.encrypt(torch.zeros(1, 1, side, side, dtype=dtype), generator=torch.Generator().manual_seed(0))
+        self._warned.discard((side, side))
 
     def windows(self, x: Any) -> WindowLayout:
         """The windows :meth:`encrypt` uses for ``x`` (they depend only on the image)."""
         batch, _ = to_batch(x)
         self._check_dtype(batch)
-        return quadtree_windows(batch, self.sizes, min_level=self._min_level(batch))
+        sizes = self.sizes_for(*batch.shape[-2:])
+        return quadtree_windows(batch, sizes, min_level=self._min_level(batch, sizes))
 
     def _encrypt(self, x: torch.Tensor, *, generator: torch.Generator | None, nonce: Nonce | None) -> torch.Tensor:
         x = x.detach()
         b, c, h, w = x.shape
-        top = self.sizes[0]
+        sizes = self.sizes_for(h, w)
+        self._warn_if_weak(h, w, sizes)
+        top = sizes[0]
         hp, wp = -(-h // top) * top, -(-w // top) * top
         cu = c if self.channel_shuffle else 1
         uniforms = None
@@ -197,7 +262,7 @@ class VisualMixer(Scheme):
         # two cores share the work equally. The split depends only on the shape.
         values = b * c * hp * wp
         if values < _PARALLEL_VALUES or b == 1:
-            return self._encrypt_chunk(x, generator, uniforms)
+            return self._encrypt_chunk(x, sizes, generator, uniforms)
         chunks = max(2, -(-values // _CHUNK_VALUES))
         step = -(-b // min(b, chunks + chunks % 2))
         out = torch.empty_like(x, memory_format=torch.contiguous_format)
@@ -208,7 +273,7 @@ class VisualMixer(Scheme):
 
         def run(i: int, gen: torch.Generator | None) -> None:
             part = None if uniforms is None else uniforms[i : i + step]
-            out[i : i + step] = self._encrypt_chunk(x[i : i + step], gen, part)
+            out[i : i + step] = self._encrypt_chunk(x[i : i + step], sizes, gen, part)
 
         workers = min(torch.get_num_threads(), len(starts)) if _compiled_path(x) else 1
         if workers > 1:
@@ -218,9 +283,9 @@ class VisualMixer(Scheme):
                 run(i, gen)
         return out
 
-    def _encrypt_chunk(self, x: torch.Tensor, generator: torch.Generator | None,
+    def _encrypt_chunk(self, x: torch.Tensor, sizes: tuple[int, ...], generator: torch.Generator | None,
                        uniforms: torch.Tensor | None) -> torch.Tensor:
-        layout = quadtree_windows(x, self.sizes, min_level=self._min_level(x))
+        layout = quadtree_windows(x, sizes, min_level=self._min_level(x, sizes))
         return shuffle_windows(x, layout, channel_shuffle=self.channel_shuffle, generator=generator,
                                uniforms=uniforms)
 
@@ -231,7 +296,7 @@ class VisualMixer(Scheme):
         ``windows(x).shuffle_bits(C)`` for the exact figure of given images.
         """
         c, h, w = (3, *shape) if len(shape) == 2 else tuple(shape)
-        s = self.sizes[-1]
+        s = self.sizes_for(h, w)[-1]
         areas = _areas(h, w, s).flatten().tolist()
         bits = sum(log2_factorial(a) for a in areas)
         return bits * (c if self.channel_shuffle else 1)
