@@ -164,6 +164,26 @@ def test_small_cnn_fashion_size_every_mode(mode):
         assert p_plain.data_ptr() != p_keyed.data_ptr()
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_pixel_np_keyed_model_undoes_the_flips_and_survives_a_checkpoint(mode, tmp_path):
+    from keyveil.models import load_keyed, save_keyed
+
+    net = small_cnn()
+    scheme = schemes.create("pixel-np", KEY)
+    x = torch.rand(3, 1, 28, 28)
+    y = scheme.encrypt(x)
+    assert not torch.allclose(y.sort(-1).values, schemes.create("pixel", KEY).encrypt(x).sort(-1).values)
+    km = keyed(net, KEY, scheme=scheme, mode=mode, input_size=(1, 28, 28))
+    with torch.no_grad():
+        ref = net(x)
+        assert (km(y) - ref).abs().max() < 1e-5
+        # the same permutation without the flips is not enough: the flips must be undone
+        assert (keyed(net, KEY, mode=mode, input_size=28)(y) - ref).abs().max() > 1e-2
+        save_keyed(km, tmp_path / "k.pt")
+        again = load_keyed(tmp_path / "k.pt", small_cnn(), key=KEY)
+        assert (again(y) - ref).abs().max() < 1e-5
+
+
 def test_features_mode_structure():
     km = keyed(small_cnn(), KEY, mode="features", input_size=(1, 28, 28))
     mods = dict(km.named_modules())

@@ -14,9 +14,9 @@ from PIL import Image
 from keyveil import Key, schemes
 from keyveil.schemes import GeometryError, NotInvertibleError, SchemeError, UnknownSchemeError
 
-FIXED = ["pixel", "block", "etc", "le", "ele", "vit"]
+FIXED = ["pixel", "pixel-np", "block", "etc", "le", "ele", "vit"]
 PER_IMAGE = ["patch", "mix"]
-UNIT = {"pixel": 1, "block": 4, "etc": 4, "le": 4, "ele": 4, "vit": 16, "patch": 16, "mix": 16}
+UNIT = {"pixel": 1, "pixel-np": 1, "block": 4, "etc": 4, "le": 4, "ele": 4, "vit": 16, "patch": 16, "mix": 16}
 
 
 def make(name: str, seed: int = 0, **kw):

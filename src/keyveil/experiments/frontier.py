@@ -81,6 +81,7 @@ def _mix(f: float, grid: int) -> Callable[[int], dict[str, Any]]:
 POINTS: tuple[Point, ...] = (
     Point("plain", "no encryption", None, lambda side: {}),
     Point("pixel", "fixed-key pixel shuffle", None, lambda side: {}, keyed_model=True),
+    Point("pixel-np", "pixel shuffle + per-position flips", None, lambda side: {}, keyed_model=True),
     Point("visualmixer", "seed default 2..8 px", None, lambda side: {"ws_min": 2, "ws_max": 8}),
     Point("visualmixer", "quadtree 1/16..1/4", 1 / 16, _quadtree(1 / 16, 2)),
     Point("visualmixer", "quadtree 1/8..1/2", 1 / 8, _quadtree(1 / 8, 2)),
@@ -127,10 +128,11 @@ def _utility(point: Point, key: Key, train: ImageDataset, test: ImageDataset, *,
     out: dict[str, Any] = {"model": arch, "accuracy": r.history[-1]["test_accuracy"], "trained": model}
     if point.keyed_model and plain_model is not None:
         from ..models import keyed
+        from ..schemes.pixel import PixelShuffle
 
-        pixel = scheme if point.scheme == "pixel" else None
+        pixel = scheme if isinstance(scheme, PixelShuffle) else None
         if pixel is not None:
-            converted = keyed(plain_model, pixel.key, input_size=(train.channels, *train.size))
+            converted = keyed(plain_model, pixel.key, scheme=pixel, input_size=(train.channels, *train.size))
             truth = test.targets
             out["keyed_accuracy"] = float((predict(converted, te) == truth).double().mean())
     return out

@@ -240,6 +240,10 @@ def keyed(
             raise KeyedModelError(f"kernel must be 'gather' or 'deform_conv2d', got {kernel!r}")
         size = resolve_input_size(model, input_size)
         out = keyed_cnn(model, key, mode=mode, input_size=size, kernel=kernel)
+        if sch.negapos:
+            from .keyed_cnn import unflip_input
+
+            out = unflip_input(out, sch.flip_mask(size[1], size[2]), size[1:])
         cfg = KeyedConfig("cnn", name, sch.params_dict(), mode, size, key.fingerprint, kernel=kernel)
     else:
         raise KeyedModelError(

@@ -39,7 +39,7 @@ from .layers import (
     StridedPointwiseConv2d,
 )
 
-__all__ = ["feature_permutation", "keyed_cnn", "InputUnscrambled", "CNN_MODES"]
+__all__ = ["feature_permutation", "keyed_cnn", "InputUnscrambled", "PositionFlip", "unflip_input", "CNN_MODES"]
 
 CNN_MODES = ("input", "features", "deformable")
 
@@ -56,6 +56,41 @@ def feature_permutation(key: Key, height: int, width: int, *, input_hw: tuple[in
     return key.permutation(f"feature/{height}x{width}", height * width)
 
 
+class PositionFlip(KeyMaterial, nn.Module):
+    """Undo ``pixel(negapos=True)``'s flips: ``v -> 1 - v`` where the mask is set (same positions per channel).
+
+    Inputs are encrypted images in [0, 1]; the flip is affine (``offset + scale * v``),
+    computed in one rounding like the scheme's own flip.
+    """
+
+    key_buffers = ("offset", "scale")
+
+    def __init__(self, mask: torch.Tensor, hw: tuple[int, int]) -> None:
+        super().__init__()
+        m = mask.reshape(1, 1, *hw).float()
+        self.register_buffer("offset", m)
+        self.register_buffer("scale", 1 - 2 * m)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.offset.to(x.dtype), x, self.scale.to(x.dtype))
+
+
+def unflip_input(model: nn.Module, mask: torch.Tensor, hw: tuple[int, int]) -> nn.Module:
+    """Put a :class:`PositionFlip` in front of a keyed CNN (in its graph, or in ``input`` mode's wrapper)."""
+    flip = PositionFlip(mask, hw).to(next((b.device for b in model.buffers()), torch.device("cpu")))
+    if isinstance(model, InputUnscrambled):
+        model.flip = flip
+        return model
+    placeholder = next(n for n in model.graph.nodes if n.op == "placeholder")
+    model.add_submodule("input_unflip", flip)
+    with model.graph.inserting_after(placeholder):
+        node = model.graph.call_module("input_unflip", (placeholder,))
+    placeholder.replace_all_uses_with(node)
+    node.args = (placeholder,)
+    model.recompile()
+    return model
+
+
 class InputUnscrambled(KeyMaterial, nn.Module):
     """``input`` mode: ``model(unscramble(x))`` — the plain model behind one gather.
 
@@ -67,9 +102,10 @@ class InputUnscrambled(KeyMaterial, nn.Module):
         super().__init__()
         self.unscramble = PositionPermutation(invert_permutation(perm), hw, keep_format=True)
         self.model = model
+        self.flip: nn.Module | None = None  # set by unflip_input for pixel(negapos=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(self.unscramble(x))
+        return self.model(self.unscramble(x if self.flip is None else self.flip(x)))
 
     def to_plain_state(self, prefix: str, state: dict) -> None:
         for name in list(state):

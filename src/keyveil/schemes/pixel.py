@@ -8,11 +8,11 @@ from typing import Any
 import torch
 
 from ..keys import Key
-from .base import Scheme, log2_factorial
-from .functional import gather_flat, gather_spatial, invert_permutation
-from .registry import register_scheme
+from .base import Scheme, log2_factorial, max_value
+from .functional import flip_values, gather_flat, gather_spatial, invert_permutation
+from .registry import register_preset, register_scheme
 
-__all__ = ["PixelShuffle", "pixel_permutation"]
+__all__ = ["PixelShuffle", "pixel_permutation", "pixel_flip_mask"]
 
 
 def pixel_permutation(key: Key, height: int, width: int) -> torch.Tensor:
@@ -24,6 +24,11 @@ def pixel_permutation(key: Key, height: int, width: int) -> torch.Tensor:
     return key.permutation(f"pixel/perm/{height}x{width}", height * width)
 
 
+def pixel_flip_mask(key: Key, height: int, width: int) -> torch.Tensor:
+    """The key's negative–positive mask: one bool per *encrypted* position, shared by the channels."""
+    return key.bits(f"pixel/negapos/{height}x{width}", height * width)
+
+
 @register_scheme
 class PixelShuffle(Scheme):
     """One key-derived permutation of the H·W pixel positions, shared by all images.
@@ -32,6 +37,12 @@ class PixelShuffle(Scheme):
         key: the secret key.
         per_channel: give every channel its own permutation (visually stronger,
             but then no keyed CNN can exist, since convolutions mix channels).
+        negapos: after the shuffle, flip ``v -> white - v`` at a key-chosen half
+            of the positions (all channels of a position alike; EtC's
+            negative–positive transform per pixel). It hides the brightness
+            histogram that a shuffle keeps, and a keyed CNN still follows it
+            exactly (the flip is undone position by position at its input).
+            Preset ``pixel-np``.
 
     Examples:
         >>> import torch
@@ -50,12 +61,22 @@ class PixelShuffle(Scheme):
     name = "pixel"
     description = "fixed-key shuffle of pixel positions (PrivDL)"
 
-    def __init__(self, key: Key | None = None, *, per_channel: bool = False) -> None:
+    def __init__(self, key: Key | None = None, *, per_channel: bool = False, negapos: bool = False) -> None:
         super().__init__(key)
         self.per_channel = bool(per_channel)
+        self.negapos = bool(negapos)
 
     def params_dict(self) -> dict[str, Any]:
-        return {"per_channel": self.per_channel}
+        return {"per_channel": self.per_channel, "negapos": self.negapos}
+
+    def flip_mask(self, height: int, width: int) -> torch.Tensor:
+        """The negative–positive mask over encrypted positions (``negapos=True``)."""
+        return pixel_flip_mask(self.key, height, width)
+
+    def _flip(self, y: torch.Tensor) -> torch.Tensor:
+        h, w = y.shape[-2:]
+        mask = self._cached(("mask", h, w, y.device), lambda: self.flip_mask(h, w).view(h, w).to(y.device))
+        return flip_values(y, mask, max_value(y))
 
     def permutation(self, height: int, width: int) -> torch.Tensor:
         """π for this size (shared-permutation mode)."""
@@ -75,13 +96,19 @@ class PixelShuffle(Scheme):
     def _encrypt(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         fwd, _ = self._indices(c, h, w, x.device)
-        return gather_flat(x, fwd) if self.per_channel else gather_spatial(x, fwd)
+        y = gather_flat(x, fwd) if self.per_channel else gather_spatial(x, fwd)
+        return self._flip(y) if self.negapos else y
 
     def _decrypt(self, y: torch.Tensor) -> torch.Tensor:
         b, c, h, w = y.shape
         _, inv = self._indices(c, h, w, y.device)
+        y = self._flip(y) if self.negapos else y
         return gather_flat(y, inv) if self.per_channel else gather_spatial(y, inv)
 
     def key_space_bits(self, shape: Sequence[int]) -> float:
         c, h, w = (3, *shape) if len(shape) == 2 else tuple(shape)
-        return log2_factorial(h * w) * (c if self.per_channel else 1)
+        return log2_factorial(h * w) * (c if self.per_channel else 1) + (h * w if self.negapos else 0)
+
+
+register_preset("pixel-np", PixelShuffle, "fixed-key pixel shuffle + negative-positive flip per position "
+                "(PrivDL x EtC; a keyed CNN follows it exactly)", negapos=True)
