@@ -132,7 +132,7 @@ def _chosen(r: _Runner) -> None:
 
     r.run("chosen-plaintext", "pixel", "photos", fig, "{queries} crafted images", test_n=6,
           scheme=create("pixel", r.key, per_channel=True), label="pixel per_channel")
-    for name in ("etc", "vit", "le", "ele"):
+    for name in ("pixel-np", "etc", "vit", "le", "ele"):
         r.run("chosen-plaintext", name, "photos", fig, "{queries} crafted images (3×224×224)", test_n=6)
 
 
@@ -212,7 +212,7 @@ def _reidentify(r: _Runner) -> None:
     opts = {"variants": ("glance",), "recognizers": ("eigenfaces",)} if r.quick else {}
     data = "{gallery} plain gallery / {probes} encrypted probe photos, {people} people"
     r.run("reidentify", "plain", "orl", fig, data, scheme=plain_baseline(), test_n=6, options=opts)
-    names = ["pixel", "etc", "le", "ele", "vit", "patch", "mix", "visualmixer"]
+    names = ["pixel", "pixel-np", "etc", "le", "ele", "vit", "patch", "mix", "visualmixer"]
     names += [n for n in list_schemes() if "+" in n]  # compositions
     for name in names[:2] if r.quick else names:
         r.run("reidentify", name, "orl", fig, data, test_n=6, options=opts)
