@@ -367,3 +367,11 @@ def test_default_holds_the_glance_attacker_on_faces():
     r = Reidentify(variants=("glance",), recognizers=("eigenfaces",)).run(
         gallery=g, gallery_labels=gl, probes=p, probe_labels=pl, scheme=schemes.create("visualmixer"))
     assert r.metrics["glance/eigenfaces/top1"] <= 0.10
+
+
+def test_one_pixel_windows_run_on_the_compiled_path():
+    x = torch.randint(0, 256, (2, 3, 16, 12), dtype=torch.uint8)
+    s = mixer(ws_min=1, ws_max=8)
+    y = s.encrypt(x, generator=torch.Generator().manual_seed(0))
+    check_partition(s.windows(x), 1, 8)
+    check_windows_are_permuted(x, y, s.windows(x), per_channel=True)

@@ -108,7 +108,8 @@ def quadtree_levels(x, sizes, min_level, single, level_map):
             nh, nw = (h + s - 1) // s, (w + s - 1) // s
             f = s // smin
             last = level == levels - 1
-            nxt_h, nxt_w = (h + s // 2 - 1) // (s // 2), (w + s // 2 - 1) // (s // 2)
+            half = max(1, s // 2)  # a window of side 1 is the last level: it has no children
+            nxt_h, nxt_w = (h + half - 1) // half, (w + half - 1) // half
             if not last:
                 for q in range(nxt_h * nxt_w):
                     nxt[q] = False
