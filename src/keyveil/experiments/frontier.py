@@ -174,8 +174,10 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 
 def _plot(rows: list[dict[str, Any]], path: Path, chance: float) -> Path:
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("the frontier plot needs matplotlib: pip install 'keyveil[experiments]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
