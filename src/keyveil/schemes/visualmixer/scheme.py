@@ -28,7 +28,7 @@ from ..base import Nonce, Scheme, _fresh_generator, log2_factorial, per_image_un
 from ..convert import to_batch
 from ..errors import PrivacyWarning, SchemeError
 from ..measured import VISUALMIXER_WEAK_WINDOWS
-from ..registry import register_scheme
+from ..registry import register_preset, register_scheme
 from ._backend import _compiled_path
 from .bounds import ws_upper
 from .shuffle import _child_generator, _worker_pool, shuffle_windows
@@ -300,3 +300,7 @@ class VisualMixer(Scheme):
         areas = _areas(h, w, s).flatten().tolist()
         bits = sum(log2_factorial(a) for a in areas)
         return bits * (c if self.channel_shuffle else 1)
+
+
+register_preset("visualmixer-seed", VisualMixer, "VisualMixer with the seed's fixed 2..8 px windows (faces stay "
+                "recognizable: see keyveil schemes and SECURITY.md)", ws_min=2, ws_max=8)
