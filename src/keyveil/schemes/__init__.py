@@ -7,6 +7,9 @@ Examples:
     >>> s = schemes.create("etc", Key.generate())
     >>> s.invertible, s.per_image
     (True, False)
+    >>> both = schemes.create("visualmixer-seed+pixel", Key.generate())  # chains: compose, chain()
+    >>> [type(step).__name__ for step in both.steps]
+    ['VisualMixer', 'PixelShuffle']
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from .errors import GeometryError, NotInvertibleError, PrivacyWarning, SchemeErr
 from .registry import create, describe, list_schemes, register_preset, register_scheme, scheme_class
 
 # Importing a scheme module registers its schemes.
-from . import pixel, block, hao, visualmixer  # noqa: E402,F401  isort: skip
+from . import pixel, block, hao, visualmixer, compose  # noqa: E402,F401  isort: skip
+from .compose import ComposedScheme, chain  # noqa: E402  isort: skip
 
 __all__ = [
     "Scheme",
@@ -31,4 +35,6 @@ __all__ = [
     "register_scheme",
     "register_preset",
     "scheme_class",
+    "chain",
+    "ComposedScheme",
 ]

@@ -56,6 +56,11 @@ class PixelShuffle(Scheme):
     Notes:
         A fixed permutation is recovered from ⌈log_256(H·W)⌉ chosen images
         (Jolfaei et al., IEEE TIFS 2016); see ``keyveil.attacks`` and SECURITY.md.
+        Measured re-identification of AT&T faces (``keyveil security-report``,
+        section reidentify; chance 2.5 %, plain photos 93.0 %): at a glance
+        9.0 % top-1 for ``pixel`` (a shuffle keeps the brightness histogram)
+        and 4.5 % for ``pixel-np``; with an encryption oracle 93.0 % for both
+        (the key is recovered, and a fixed permutation keeps distances).
     """
 
     name = "pixel"

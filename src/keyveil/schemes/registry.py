@@ -21,6 +21,7 @@ class SchemeEntry:
     cls: type[Scheme]
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    listed: bool = True
 
 
 _REGISTRY: dict[str, SchemeEntry] = {}
@@ -32,12 +33,23 @@ def _add(entry: SchemeEntry) -> None:
     _REGISTRY[entry.name] = entry
 
 
-def register_scheme(cls: type[Scheme]) -> type[Scheme]:
-    """Class decorator: register ``cls`` under ``cls.name``."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name to register under")
-    _add(SchemeEntry(cls.name, cls, {}, cls.description))
-    return cls
+def register_scheme(cls: type[Scheme] | None = None, *, listed: bool = True) -> Any:
+    """Class decorator: register ``cls`` under ``cls.name``.
+
+    ``@register_scheme(listed=False)`` registers a *template*: a class that
+    cannot be built without options (``compose`` needs its ``steps``).
+    :func:`create` builds it by name, but :func:`list_schemes` leaves it out,
+    so code that builds every listed scheme with its defaults never meets it;
+    its presets (which supply the options) are listed as usual.
+    """
+
+    def add(c: type[Scheme]) -> type[Scheme]:
+        if not c.name:
+            raise ValueError(f"{c.__name__} has no name to register under")
+        _add(SchemeEntry(c.name, c, {}, c.description, listed))
+        return c
+
+    return add if cls is None else add(cls)
 
 
 def register_preset(name: str, cls: type[Scheme], description: str, **defaults: Any) -> None:
@@ -52,7 +64,7 @@ def entry(name: str) -> SchemeEntry:
         close = difflib.get_close_matches(name, _REGISTRY, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise UnknownSchemeError(
-            f"no scheme named {name!r}{hint} Known schemes: {', '.join(list_schemes())}"
+            f"no scheme named {name!r}{hint} Known schemes: {', '.join(list_schemes(include_templates=True))}"
         ) from None
 
 
@@ -79,9 +91,14 @@ def create(name: str, key: Key | None = None, **params: Any) -> Scheme:
     return scheme
 
 
-def list_schemes() -> list[str]:
-    """The registered scheme names, sorted."""
-    return sorted(_REGISTRY)
+def list_schemes(*, include_templates: bool = False) -> list[str]:
+    """The registered scheme names, sorted.
+
+    Every listed name builds with ``create(name, key)`` alone; templates
+    (registered with ``listed=False``, such as ``compose``) need options and
+    appear only with ``include_templates=True``.
+    """
+    return sorted(n for n, e in _REGISTRY.items() if include_templates or e.listed)
 
 
 def describe(name: str) -> str:
