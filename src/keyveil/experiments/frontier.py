@@ -66,8 +66,8 @@ def _window(f: float) -> Callable[[int], dict[str, Any]]:
     return lambda side: {"window": _px(f, side)}
 
 
-def _quadtree(lo: float, levels: int) -> Callable[[int], dict[str, Any]]:
-    return lambda side: {"ws_min": _px(lo, side), "ws_max": _px(lo, side) * 2 ** levels}
+def _quadtree(lo: float, levels: int, **extra: Any) -> Callable[[int], dict[str, Any]]:
+    return lambda side: {"ws_min": _px(lo, side), "ws_max": _px(lo, side) * 2 ** levels, **extra}
 
 
 def _sized(name: str, f: float, **extra: Any) -> Callable[[int], dict[str, Any]]:
@@ -85,6 +85,8 @@ POINTS: tuple[Point, ...] = (
     Point("visualmixer", "seed default 2..8 px", None, lambda side: {"ws_min": 2, "ws_max": 8}),
     Point("visualmixer", "quadtree 1/16..1/4", 1 / 16, _quadtree(1 / 16, 2)),
     Point("visualmixer", "quadtree 1/8..1/2", 1 / 8, _quadtree(1 / 8, 2)),
+    Point("visualmixer", "quadtree 1/16..1/2", 1 / 16, _quadtree(1 / 16, 3)),
+    Point("visualmixer", "quadtree 1/16..1/2, target VFE 0.2", 1 / 16, _quadtree(1 / 16, 3, target_vfe=0.2)),
     Point("visualmixer", "window 1/8", 1 / 8, _window(1 / 8)),
     Point("visualmixer", "window 1/4", 1 / 4, _window(1 / 4)),
     Point("visualmixer", "window 1/2", 1 / 2, _window(1 / 2)),
