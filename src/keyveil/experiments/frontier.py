@@ -267,7 +267,7 @@ def run_frontier(
         if point.scheme != "plain" and (point.scheme, point.label) in earlier:
             old = earlier[(point.scheme, point.label)]
             if old["options_fashion"] == point.make(key, FASHION_SIDE).config["params"]:
-                rows.append(old)
+                rows.append({**old, "reused": True})
                 log(f"  {point.scheme:<12} {point.label:<30} reused from the earlier frontier.json")
                 continue
         u = _utility(point, key, train, test, epochs=epochs, batch_size=batch_size, seed=seed, progress=progress,
@@ -302,8 +302,12 @@ def run_frontier(
           *[_pct(r["reid"].get(v)) for v in variants], f"**{100 * r['worst_top1']:.1f}**",
           "—" if r.get("inversion_ssim") is None else f"{r['inversion_ssim']:.3f}", "yes" if r["pareto"] else ""]
          for r in rows])
+    point_cpu = sum(r["cpu_s"] for r in rows)
+    reused = sum(1 for r in rows if r.get("reused"))
     md = (f"# Privacy–utility frontier\n\nCommand: `keyveil experiment frontier` (key {key.fingerprint}, a fixed "
-          f"seed). {timer.wall:.0f} s wall, {timer.cpu:.0f} s CPU, torch threads {torch.get_num_threads()}.\n\n"
+          f"seed). This run: {timer.wall:.0f} s wall, {timer.cpu:.0f} s CPU, torch threads "
+          f"{torch.get_num_threads()}; all {len(rows)} points together {point_cpu:.0f} s CPU"
+          + (f" ({reused} reused from an earlier run with `--resume`)" if reused else "") + ".\n\n"
           f"Utility: {dataset}, {len(train)} training / {len(test)} test images padded to "
           f"{train.size[0]}x{train.size[1]}, {epochs} epochs, batch {batch_size}, Adam (the `experiment schemes` "
           "recipe); drop against plain, using the keyed model's accuracy where one applies. Privacy: "
@@ -312,7 +316,8 @@ def run_frontier(
           "attacker variant; — = not applicable. Strength is relative to the image's longer side.\n\n"
           f"{table}\n\n![frontier](frontier.png)\n")
     data = {"experiment": "frontier", "key_fingerprint": key.fingerprint, "recipe": recipe, "chance": chance,
-            "rows": [{k: v for k, v in r.items()} for r in rows], "wall_s": timer.wall, "cpu_s": timer.cpu}
+            "rows": [{k: v for k, v in r.items() if k != "reused"} for r in rows], "wall_s": timer.wall,
+            "cpu_s": timer.cpu, "points_cpu_s": point_cpu}
     data["files"] = [str(p) for p in write_report(out, "frontier", md, data)] + [str(plot)]
     return data
 
