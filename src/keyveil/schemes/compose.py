@@ -324,12 +324,11 @@ def chain(*steps: Scheme) -> ComposedScheme:
 
 register_preset(
     "visualmixer-seed+pixel", ComposedScheme,
-    "VisualMixer's 2..8 px windows, then a keyed pixel shuffle (a keyed CNN of a visualmixer-seed model "
-    "follows it exactly)",
+    "visualmixer-seed (2..8 px windows), then a keyed pixel shuffle (keyed CNNs follow the pixel step exactly)",
     steps=("visualmixer-seed", "pixel"),
 )
 register_preset(
     "mix+pixel", ComposedScheme,
-    "Hao et al.'s MI, then a keyed pixel shuffle (a keyed CNN of a CNN trained on mix follows it exactly)",
+    "mix (Hao et al. MI), then a keyed pixel shuffle (keyed CNNs follow the pixel step exactly)",
     steps=("mix", "pixel"),
 )

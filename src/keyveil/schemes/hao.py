@@ -155,6 +155,13 @@ class SubPatchMix(_PatchGeometry):
 
     uint8 inputs are mixed in float and rounded back to uint8 (so invariance of
     the MI embedding then holds up to rounding).
+
+    Notes:
+        Mixing keeps every patch's mean sub-patch, which is a low-resolution
+        copy of the image. With the defaults (16-px patches, 4×4 sub-patches), AT&T faces were
+        re-identified 89.5 % top-1 at a glance and by the adapted attacker
+        (plain photos: 93.0 %, chance 2.5 %; ``keyveil security-report``,
+        section reidentify).
     """
 
     name = "mix"
