@@ -7,7 +7,7 @@ import math
 
 from ..keys import Key
 from ..schemes import create, describe, list_schemes
-from ..schemes.measured import DEFAULT_REIDENTIFICATION
+from ..schemes.measured import DEFAULT_REIDENTIFICATION, VISUALMIXER_TRADEOFF
 
 
 def _bits(value: float) -> str:
@@ -51,7 +51,11 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(HEADER, schemes_table()))
     print("\ninvertible with a key: 'patch' given the nonces; key bits for per-image schemes count "
           "one image's randomness")
+    print("a+b: a registered chain ('compose'): a, then b, each step with its own key derived from the one key; "
+          "invertible only if every step is; key bits are the sum of the steps'. Chain any schemes with "
+          "schemes.create('compose', key, steps=['visualmixer', 'pixel']) or schemes.chain(a, b).")
     print("re-identified: top-1 rate at which AT&T faces encrypted with the defaults were recognized by the worst "
           "attacker variant (chance 2.5 %; SECURITY.md, 'reidentify'); for keyed schemes the worst attacker holds "
           "an encryption oracle, the figure without one is in brackets. Accuracy cost: RESULTS.md.")
+    print(VISUALMIXER_TRADEOFF)
     return 0
