@@ -82,7 +82,7 @@ def test_chosen_plaintext_recovers_pixel_key_fast(size, queries):
 
 @pytest.mark.parametrize("name,opts,queries", [
     ("pixel", {"per_channel": True}, 2), ("etc", {}, 3), ("vit", {"block_size": 8}, 3), ("le", {}, 5),
-    ("ele", {}, 5), ("block", {"rotate": True, "shuffle": "per_block"}, 2),
+    ("ele", {}, 5), ("block", {"rotate": True, "shuffle": "per_block"}, 2), ("pixel-np", {}, 3),
 ])
 def test_chosen_plaintext_breaks_every_fixed_key_scheme(name, opts, queries):
     s = schemes.create(name, Key.from_seed(12), **opts)

@@ -30,8 +30,10 @@ def true_permutation(scheme: Scheme, chw: Sequence[int]) -> RecoveredPermutation
         if scheme.per_channel:
             perms = scheme.key.permutations(f"pixel/perm-per-channel/{h}x{w}", c, h * w)
             flat = (perms + torch.arange(c)[:, None] * (h * w)).reshape(-1)
-            return RecoveredPermutation((c, h, w), flat)
-        return RecoveredPermutation((c, h, w), scheme.permutation(h, w).clone(), spatial=True)
+            mask = scheme.flip_mask(h, w).repeat(c) if scheme.negapos else None
+            return RecoveredPermutation((c, h, w), flat, mask)
+        mask = scheme.flip_mask(h, w).clone() if scheme.negapos else None  # over encrypted positions
+        return RecoveredPermutation((c, h, w), scheme.permutation(h, w).clone(), mask, spatial=True)
     if name == "block":
         p = scheme.params((c, h, w))
         return RecoveredPermutation((c, h, w), p.index.cpu().clone(),
