@@ -16,13 +16,15 @@ def _tiny_faces():
 
 def test_frontier_sweep_on_a_tiny_subset(tmp_path):
     points = [p for p in POINTS if (p.scheme, p.label) in {("pixel", "fixed-key pixel shuffle"),
-                                                            ("visualmixer", "window 1/4"), ("patch", "patches 1/8")}]
+                                                            ("visualmixer", "window 1/4"), ("patch", "patches 1/8"),
+                                                            ("visualmixer-seed+pixel",
+                                                             "seed VisualMixer, then keyed pixel")}]
     attack = Reidentify(cnn_epochs=2, inversion_epochs=1, components=8)
     kw = dict(points=points, epochs=1, limit=200, test_limit=100, dataset="mnist5k", faces=_tiny_faces(),
               attack=attack, out_dir=tmp_path, progress=False)
     data = run_frontier(**kw)
     rows = {r["scheme"]: r for r in data["rows"]}
-    assert list(rows) == ["plain", "pixel", "visualmixer", "patch"]
+    assert list(rows) == ["plain", "pixel", "visualmixer-seed+pixel", "visualmixer", "patch"]
     plain, pixel = rows["plain"], rows["pixel"]
     assert plain["drop_points"] == 0 and set(plain["reid"]) == {"glance"}
     # the keyed plain model classifies pixel-encrypted images exactly as the plain model classifies plain ones
@@ -30,6 +32,10 @@ def test_frontier_sweep_on_a_tiny_subset(tmp_path):
     assert set(pixel["reid"]) == {"glance", "adapted", "inverted", "key-recovery"}
     assert pixel["reid"]["key-recovery"] == plain["reid"]["glance"]  # the recovered key gives the plain images back
     assert "key-recovery" in rows["visualmixer"]["not_applicable"]
+    # a CNN trained on the VisualMixer step, keyed with the pixel step's key: the same predictions on the chain
+    chained = rows["visualmixer-seed+pixel"]
+    assert chained["keyed_accuracy"] == chained["accuracy"]
+    assert "no fixed permutation" in chained["not_applicable"]["key-recovery"]
     for r in data["rows"]:
         assert 0 <= r["worst_top1"] <= 1 and r["worst_top1"] == max(r["reid"].values())
     assert rows["visualmixer"]["options_fashion"]["window"] == 8 and rows["visualmixer"]["options_faces"]["window"] == 14

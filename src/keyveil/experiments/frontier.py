@@ -82,6 +82,7 @@ POINTS: tuple[Point, ...] = (
     Point("plain", "no encryption", None, lambda side: {}),
     Point("pixel", "fixed-key pixel shuffle", None, lambda side: {}, keyed_model=True),
     Point("pixel-np", "pixel shuffle + per-position flips", None, lambda side: {}, keyed_model=True),
+    Point("visualmixer-seed+pixel", "seed VisualMixer, then keyed pixel", None, lambda side: {}, keyed_model=True),
     Point("visualmixer", "seed default 2..8 px", None, lambda side: {"ws_min": 2, "ws_max": 8}),
     Point("visualmixer", "quadtree 1/16..1/4", 1 / 16, _quadtree(1 / 16, 2)),
     Point("visualmixer", "quadtree 1/8..1/2", 1 / 8, _quadtree(1 / 8, 2)),
@@ -119,24 +120,54 @@ def _model(point: Point, scheme: Scheme | None, ds: ImageDataset) -> tuple[torch
     return build_model("smallcnn", image_size=ds.size, **kw), "smallcnn"
 
 
+def _keyed_step(scheme: Scheme | None) -> tuple[Scheme | None, Any]:
+    """(what the model must be trained on, the pixel step a keyed CNN follows), or (scheme, None)."""
+    from ..schemes.compose import ComposedScheme, chain
+    from ..schemes.pixel import PixelShuffle
+
+    if isinstance(scheme, PixelShuffle):
+        return None, scheme
+    if isinstance(scheme, ComposedScheme) and isinstance(scheme.steps[-1], PixelShuffle):
+        inner = list(scheme.steps[:-1])
+        return (inner[0] if len(inner) == 1 else chain(*inner)), scheme.steps[-1]
+    return scheme, None
+
+
 def _utility(point: Point, key: Key, train: ImageDataset, test: ImageDataset, *, epochs: int, batch_size: int,
              seed: int, progress: bool, plain_model: torch.nn.Module | None) -> dict[str, Any]:
+    """Train the recipe on the encrypted images; for a keyed last ``pixel`` step, the model is trained on what
+    comes before it (plain images for ``pixel`` itself) and converted with that step's key."""
     scheme = point.make(key, FASHION_SIDE)
-    tr = train if scheme is None else EncryptedDataset(train, scheme, randomness="fresh")
-    te = test if scheme is None else EncryptedDataset(test, scheme, randomness="nonce", nonce_offset=TEST_NONCE_OFFSET)
-    seed_everything(seed)
-    model, arch = _model(point, scheme, train)
-    r = fit(model, tr, test_set=te, epochs=epochs, batch_size=batch_size, seed=seed, progress=progress, device="cpu")
-    out: dict[str, Any] = {"model": arch, "accuracy": r.history[-1]["test_accuracy"], "trained": model}
-    if point.keyed_model and plain_model is not None:
-        from ..models import keyed
-        from ..schemes.pixel import PixelShuffle
+    trained_on, pixel = _keyed_step(scheme) if point.keyed_model else (scheme, None)
 
-        pixel = scheme if isinstance(scheme, PixelShuffle) else None
-        if pixel is not None:
-            converted = keyed(plain_model, pixel.key, scheme=pixel, input_size=(train.channels, *train.size))
-            truth = test.targets
-            out["keyed_accuracy"] = float((predict(converted, te) == truth).double().mean())
+    def encrypted(ds: ImageDataset, s: Scheme | None, test_set: bool) -> ImageDataset:
+        if s is None:
+            return ds
+        if test_set:
+            return EncryptedDataset(ds, s, randomness="nonce", nonce_offset=TEST_NONCE_OFFSET)
+        return EncryptedDataset(ds, s, randomness="fresh")
+
+    out: dict[str, Any] = {}
+    if pixel is not None and trained_on is None and plain_model is not None:
+        model, arch = plain_model, "smallcnn"  # the plain model, converted with the key: no retraining
+        seed_everything(seed)
+        r = fit(_model(point, scheme, train)[0], encrypted(train, scheme, False),
+                test_set=encrypted(test, scheme, True), epochs=epochs, batch_size=batch_size, seed=seed,
+                progress=progress, device="cpu")  # ... and, beside it, the recipe trained on the ciphertexts
+        out["accuracy"] = r.history[-1]["test_accuracy"]
+    else:
+        seed_everything(seed)
+        model, arch = _model(point, trained_on, train)
+        r = fit(model, encrypted(train, trained_on, False), test_set=encrypted(test, trained_on, True),
+                epochs=epochs, batch_size=batch_size, seed=seed, progress=progress, device="cpu")
+        out["accuracy"] = r.history[-1]["test_accuracy"]
+    out.update(model=arch, trained=model)
+    if pixel is not None:
+        from ..models import keyed
+
+        converted = keyed(model, pixel.key, scheme=pixel, input_size=(train.channels, *train.size))
+        out["keyed_accuracy"] = float((predict(converted, encrypted(test, scheme, True)) == test.targets)
+                                      .double().mean())
     return out
 
 
