@@ -15,6 +15,11 @@ def random_images(shape: tuple[int, ...], dtype: torch.dtype, seed: int = 0) -> 
     return x if dtype == torch.uint8 else x.to(dtype) / 255
 
 
+def _flips(params: dict) -> bool:
+    """Whether a negative-positive step is on (for a composition: in any of its steps)."""
+    return params.get("negapos") not in (None, False) or any(_flips(s["params"]) for s in params.get("steps", ()))
+
+
 def check_scheme(scheme: Scheme, x: torch.Tensor, **kw) -> torch.Tensor:
     """Assert the scheme contract on a batch ``x`` (B,C,H,W); returns the encryption.
 
@@ -48,7 +53,7 @@ def check_scheme(scheme: Scheme, x: torch.Tensor, **kw) -> torch.Tensor:
         if x.dtype == torch.uint8:
             assert torch.equal(z, x), "decrypt(encrypt(x)) != x"
         else:
-            flips = scheme.params_dict().get("negapos") not in (None, False)
+            flips = _flips(scheme.params_dict())
             if flips:  # 1 - (1 - v) is exact only to one ulp at 1.0
                 assert z.numel() == 0 or (z - x).abs().max().item() <= 6e-8
             else:

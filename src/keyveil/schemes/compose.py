@@ -158,6 +158,9 @@ def _build_step(key: Key | None, index: int, spec: Any) -> Scheme:
 
 def build_steps(key: Key | None, specs: Any) -> list[Scheme]:
     """Build every step of a chain; one error lists every step that cannot be built."""
+    if specs is None:
+        raise SchemeError("a composition needs at least one step: pass steps=[...], e.g. "
+                          "create('compose', key, steps=['visualmixer', 'pixel'])")
     if isinstance(specs, (str, Scheme, Mapping)) or not isinstance(specs, Sequence):
         raise SchemeError(
             f"steps must be a list of steps, e.g. steps=['visualmixer', 'pixel']; got {specs!r}"
