@@ -30,7 +30,9 @@ def test_frontier_sweep_on_a_tiny_subset(tmp_path):
     # the keyed plain model classifies pixel-encrypted images exactly as the plain model classifies plain ones
     assert pixel["keyed_accuracy"] == plain["accuracy"] and pixel["drop_points"] == 0
     assert set(pixel["reid"]) == {"glance", "adapted", "inverted", "key-recovery"}
-    assert pixel["reid"]["key-recovery"] == plain["reid"]["glance"]  # the recovered key gives the plain images back
+    assert pixel["reid"]["key-recovery"] == plain["reid"]["glance"]
+    assert pixel["worst_top1_no_oracle"] == pixel["reid"]["glance"]  # the rest need images encrypted under the key
+    assert rows["patch"]["worst_top1_no_oracle"] == rows["patch"]["worst_top1"]  # keyless: public  # the recovered key gives the plain images back
     assert "key-recovery" in rows["visualmixer"]["not_applicable"]
     # a CNN trained on the VisualMixer step, keyed with the pixel step's key: the same predictions on the chain
     chained = rows["visualmixer-seed+pixel"]
