@@ -221,14 +221,14 @@ def _plot(rows: list[dict[str, Any]], path: Path, chance: float) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
+    fig, ax = plt.subplots(figsize=(10, 7), dpi=110)
     names = list(dict.fromkeys(r["scheme"] for r in rows))
     colours = dict(zip(names, plt.get_cmap("tab10").colors))
-    for r in rows:
+    for i, r in enumerate(rows, 1):  # numbered as the table's '#' column: labels would pile up
         x, y = r["drop_points"], 100 * r["worst_top1"]
         ax.scatter(x, y, color=colours[r["scheme"]], s=40, zorder=3,
                    label=r["scheme"] if r is next(q for q in rows if q["scheme"] == r["scheme"]) else None)
-        ax.annotate(r["label"], (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.annotate(str(i), (x, y), fontsize=7, xytext=(3, 3 if i % 2 else -9), textcoords="offset points")
     for r in rows:
         if r["worst_top1_no_oracle"] < r["worst_top1"]:  # keyed: the same setting when no oracle is available
             x, y0, y1 = r["drop_points"], 100 * r["worst_top1_no_oracle"], 100 * r["worst_top1"]
@@ -245,10 +245,14 @@ def _plot(rows: list[dict[str, Any]], path: Path, chance: float) -> Path:
     ax.axhline(100 * chance, color="grey", lw=1, ls=":", label=f"chance ({100 * chance:.1f} %)")
     ax.axhline(200 * chance, color="red", lw=1, ls=":", label=f"2x chance ({200 * chance:.1f} %)")
     ax.axvline(2.35, color="orange", lw=1, ls=":", label="2.35-point drop (VisualMixer's claim)")
-    ax.set_xlabel("accuracy drop on Fashion-MNIST vs plain (points; keyed model where one applies)")
+    ax.set_xscale("symlog", linthresh=1.0, linscale=0.5)  # spreads the crowded 0..5-point corner
+    ax.set_xticks([0, 0.5, 1, 2, 3, 5, 10, 20, 30, 50])
+    ax.set_xticklabels(["0", "0.5", "1", "2", "3", "5", "10", "20", "30", "50"])
+    ax.set_xlim(-0.1, max(60.0, 1.1 * max(r["drop_points"] for r in rows)))
+    ax.set_xlabel("accuracy drop on Fashion-MNIST vs plain (points, symlog; keyed model where one applies)")
     ax.set_ylabel("worst-case re-identification top-1 on AT&T faces (%)")
-    ax.set_title("Privacy vs utility: every scheme's strength knob (lower left is better)")
-    ax.legend(fontsize=8, loc="best")
+    ax.set_title("Privacy vs utility: every scheme's strength knob (lower left is better; numbers: table rows)")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
     ax.set_ylim(0, 102)
     ax.grid(alpha=0.3)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -341,37 +345,47 @@ def run_frontier(
     out = Path(out_dir)
     chance = rows[0]["chance"]
     plot = _plot(rows, out / "frontier.png", chance)
+    data = {"experiment": "frontier", "key_fingerprint": key.fingerprint, "recipe": recipe, "chance": chance,
+            "rows": [{k: v for k, v in r.items() if k != "reused"} for r in rows], "wall_s": timer.wall,
+            "cpu_s": timer.cpu, "points_cpu_s": sum(r["cpu_s"] for r in rows),
+            "reused": sum(1 for r in rows if r.get("reused")), "torch_threads": torch.get_num_threads(),
+            "padded_to": list(train.size)}
+    md = frontier_markdown(data)
+    data["files"] = [str(p) for p in write_report(out, "frontier", md, data)] + [str(plot)]
+    return data
+
+
+def frontier_markdown(data: dict[str, Any]) -> str:
+    """The Markdown report of a frontier run, from its JSON ``data`` (what ``frontier.json`` holds)."""
+    rows, recipe, chance = data["rows"], data["recipe"], data["chance"]
     variants = ("glance", "adapted", "inverted", "key-recovery")
     table = markdown_table(
-        ["scheme", "setting", "Fashion-MNIST options", "faces options", "model", "accuracy (%)", "keyed model (%)",
-         "drop (points)", *[f"re-id {v} (%)" for v in variants], "worst re-id top-1 (%)", "inversion SSIM",
-         "Pareto"],
-        [[r["scheme"], r["label"], _opts(r["options_fashion"]), _opts(r["options_faces"]), r["model"],
+        ["#", "scheme", "setting", "Fashion-MNIST options", "faces options", "model", "accuracy (%)", "keyed model (%)",
+         "drop (points)", *[f"re-id {v} (%)" for v in variants], "worst re-id top-1 (%)",
+         "worst without an oracle (%)", "inversion SSIM", "Pareto"],
+        [[str(i), r["scheme"], r["label"], _opts(r["options_fashion"]), _opts(r["options_faces"]), r["model"],
           f"{100 * r['accuracy']:.2f}", _pct(r["keyed_accuracy"]), f"{r['drop_points']:.2f}",
           *[_pct(r["reid"].get(v)) for v in variants], f"**{100 * r['worst_top1']:.1f}**",
           _pct(r["worst_top1_no_oracle"]),
           "—" if r.get("inversion_ssim") is None else f"{r['inversion_ssim']:.3f}", "yes" if r["pareto"] else ""]
-         for r in rows])
-    point_cpu = sum(r["cpu_s"] for r in rows)
-    reused = sum(1 for r in rows if r.get("reused"))
-    md = (f"# Privacy–utility frontier\n\nCommand: `keyveil experiment frontier` (key {key.fingerprint}, a fixed "
-          f"seed). This run: {timer.wall:.0f} s wall, {timer.cpu:.0f} s CPU, torch threads "
-          f"{torch.get_num_threads()}; all {len(rows)} points together {point_cpu:.0f} s CPU"
-          + (f" ({reused} reused from an earlier run with `--resume`)" if reused else "") + ".\n\n"
-          f"Utility: {dataset}, {len(train)} training / {len(test)} test images padded to "
-          f"{train.size[0]}x{train.size[1]}, {epochs} epochs, batch {batch_size}, Adam (the `experiment schemes` "
-          "recipe); drop against plain, using the keyed model's accuracy where one applies. Privacy: "
-          f"re-identification on AT&T faces ({len(faces[0])} gallery / {len(faces[2])} probe photos, chance "
-          f"{100 * chance:.1f} %), best top-1 over recognizers (eigenfaces, CNN) and views (blur, pooling) per "
-          "attacker variant; — = not applicable. 'Without an oracle': for keyed schemes only the glance "
-          "attacker (adapted, inverted and key recovery need images encrypted under the key); keyless schemes "
-          "are public, so every variant applies. Strength is relative to the image's longer side.\n\n"
-          f"{table}\n\n![frontier](frontier.png)\n")
-    data = {"experiment": "frontier", "key_fingerprint": key.fingerprint, "recipe": recipe, "chance": chance,
-            "rows": [{k: v for k, v in r.items() if k != "reused"} for r in rows], "wall_s": timer.wall,
-            "cpu_s": timer.cpu, "points_cpu_s": point_cpu}
-    data["files"] = [str(p) for p in write_report(out, "frontier", md, data)] + [str(plot)]
-    return data
+         for i, r in enumerate(rows, 1)])
+    reused = data.get("reused", 0)
+    threads = data.get("torch_threads", "?")
+    height, width = data.get("padded_to", (32, 32))
+    return (f"# Privacy–utility frontier\n\nCommand: `keyveil experiment frontier` (key {data['key_fingerprint']}, "
+            f"a fixed seed). This run: {data['wall_s']:.0f} s wall, {data['cpu_s']:.0f} s CPU, torch threads "
+            f"{threads}; all {len(rows)} points together {data['points_cpu_s']:.0f} s CPU"
+            + (f" ({reused} reused from an earlier run with `--resume`)" if reused else "") + ".\n\n"
+            f"Utility: {recipe['dataset']}, {recipe['train_images']} training / {recipe['test_images']} test images "
+            f"padded to {height}x{width}, {recipe['epochs']} epochs, batch {recipe['batch_size']}, Adam "
+            "(the `experiment schemes` recipe); drop against plain, using the keyed model's accuracy where one "
+            "applies. Privacy: re-identification on AT&T faces "
+            f"({recipe['faces'][0]} gallery / {recipe['faces'][1]} probe photos, chance {100 * chance:.1f} %), best "
+            "top-1 over recognizers (eigenfaces, CNN) and views (blur, pooling) per attacker variant; — = not "
+            "applicable. 'Without an oracle': for keyed schemes only the glance attacker (adapted, inverted and "
+            "key recovery need images encrypted under the key); keyless schemes are public, so every variant "
+            "applies. Strength is relative to the image's longer side.\n\n"
+            f"{table}\n\n![frontier](frontier.png)\n")
 
 
 def _earlier_rows(path: Path, recipe: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -386,5 +400,8 @@ def _earlier_rows(path: Path, recipe: dict[str, Any]) -> dict[tuple[str, str], d
 
 
 def _opts(o: dict[str, Any]) -> str:
+    if "steps" in o:  # a chain: each step's name and its non-default knobs
+        return " → ".join(f"{st['scheme']}({_opts(st['params'])})" if _opts(st["params"]) != "—" else st["scheme"]
+                          for st in o["steps"])
     return ", ".join(f"{k}={v}" for k, v in o.items() if v is not None and k not in ("confidence", "channel_shuffle",
                                                                                     "mixtures")) or "—"

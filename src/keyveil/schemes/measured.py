@@ -23,7 +23,7 @@ DEFAULT_REIDENTIFICATION: dict[str, str] = {
     "vit": f"91.5 % {_ORACLE} [2.5 % glance]",
     "patch": "29.5 % (adapted; glance 8.5 %)",
     "mix": "89.5 % (glance, adapted)",
-    "visualmixer": "16.0 % (inverted; glance 9.5 %); costs 53 accuracy points",
+    "visualmixer": "16.0 % (inverted; glance 9.5 %); costs 54 accuracy points",
     "visualmixer-seed": "93.0 % (glance, adapted) = plain photos",
 }
 """Scheme name -> the default's measured worst-case re-identification (top-1), in words."""
@@ -37,8 +37,8 @@ VISUALMIXER_WEAK_WINDOWS = (
 
 VISUALMIXER_TRADEOFF = (
     "visualmixer: holding face re-identification at a glance to <= 10 % needed one window over the whole image "
-    "(9.5 %), which drops Fashion-MNIST accuracy by 52.97 points; windows of 1/2 the side cost 24.19 points and "
-    "leave 13.5 % (52.5 % for the adapted attacker); the seed's 2..8 px cost 3.66 points and leave faces 93.0 % "
+    "(9.5 %), which drops Fashion-MNIST accuracy by 53.68 points; windows of 1/2 the side cost 23.91 points and "
+    "leave 13.5 % (52.5 % for the adapted attacker); the seed's 2..8 px cost 3.62 points and leave faces 93.0 % "
     "recognizable, as plain photos (keyveil experiment frontier)."
 )
 """VisualMixer's measured privacy–accuracy trade-off, printed by ``keyveil schemes``."""

@@ -93,11 +93,11 @@ class VisualMixer(Scheme):
         chance 2.5 %, plain photos 93.0 %; Fashion-MNIST small-CNN recipe):
         one window over the whole image is re-identified 9.5 % top-1 at a glance
         and 16.0 % by the worst attacker (a U-Net inversion), but it drops
-        Fashion-MNIST accuracy by 52.97 points (35.63 % against 88.60 %).
+        Fashion-MNIST accuracy by 53.68 points (34.92 % against 88.60 %).
         Every smaller window keeps more accuracy and more identity: 1/2 of
-        the side 13.5 % glance / 52.5 % adapted for a 24.19-point drop, 1/8
-        87.5 % / 90.5 % for 5.89 points, the seed's 2..8 px (``visualmixer-seed``)
-        93.0 % / 93.0 % for 3.66 points (``keyveil experiment frontier``,
+        the side 13.5 % glance / 52.5 % adapted for a 23.91-point drop, 1/8
+        87.5 % / 90.5 % for 5.75 points, the seed's 2..8 px (``visualmixer-seed``)
+        93.0 % / 93.0 % for 3.62 points (``keyveil experiment frontier``,
         RESULTS.md). So **no VisualMixer setting both hides faces (≤ 10 %) and
         costs ≤ 10 points**; such settings raise :class:`~keyveil.schemes.PrivacyWarning`.
         A shuffle keeps every window's values, so window means (undone by
