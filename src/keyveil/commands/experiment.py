@@ -49,6 +49,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="reuse the points of an earlier frontier.json in --output measured with the same recipe")
     f.add_argument("--quiet", action="store_true")
     f.set_defaults(func=run_frontier_cmd)
+    d = inner.add_parser("distill", help="knowledge distillation: teacher/student on plain vs VisualMixer images")
+    d.add_argument("--dataset", default="fashion-mnist", choices=list_datasets())
+    d.add_argument("--scheme", default="visualmixer-seed",
+                   help="the encryption compared with plain (default visualmixer-seed, the paper's setting)")
+    d.add_argument("--limit", type=int, default=10000, help="training images (default 10000)")
+    d.add_argument("--test-limit", type=int, help="test images (default: all)")
+    d.add_argument("--teacher-epochs", type=int, default=2)
+    d.add_argument("--student-epochs", type=int, default=2)
+    d.add_argument("--temperature", type=float, default=4.0)
+    d.add_argument("--alpha", type=float, default=0.9, help="weight of the distillation term (default 0.9)")
+    d.add_argument("--batch-size", type=int, default=64)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("-o", "--output", default="results")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=run_distill_cmd)
 
 
 def _log(s: str) -> None:
@@ -99,5 +114,16 @@ def run_frontier_cmd(args: argparse.Namespace) -> int:
     data = run_frontier(points=points, epochs=args.epochs, limit=args.limit, test_limit=args.test_limit,
                         batch_size=args.batch_size, seed=args.seed, out_dir=args.output, resume=args.resume,
                         progress=not args.quiet, log=_log)
+    print(f"\n{data['wall_s']:.0f} s wall, {data['cpu_s']:.0f} s CPU; wrote " + ", ".join(data["files"]))
+    return 0
+
+
+def run_distill_cmd(args: argparse.Namespace) -> int:
+    from ..experiments.distill import run_distill
+
+    data = run_distill(dataset=args.dataset, scheme=args.scheme, limit=args.limit, test_limit=args.test_limit,
+                       teacher_epochs=args.teacher_epochs, student_epochs=args.student_epochs,
+                       batch_size=args.batch_size, temperature=args.temperature, alpha=args.alpha, seed=args.seed,
+                       out_dir=args.output, progress=not args.quiet, log=_log)
     print(f"\n{data['wall_s']:.0f} s wall, {data['cpu_s']:.0f} s CPU; wrote " + ", ".join(data["files"]))
     return 0
