@@ -2,17 +2,26 @@
 
 Works under ``torchrun`` too (``torchrun --nproc_per_node 2 -m keyveil.cli train ...``):
 every process trains on its shard, rank 0 prints and writes the checkpoint.
+
+``--dp`` trains with DP-SGD (Opacus, :mod:`keyveil.engine.dp`): per-sample
+clipping to ``--max-grad-norm``, Gaussian noise set by ``--dp-epsilon`` (a
+target ε after all epochs) or ``--noise-multiplier``, Poisson sampling, and
+the spent ε at ``--dp-delta`` printed per epoch, stored in the checkpoint's
+``privacy`` entry and in the ``--json`` report.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 from ..data import EncryptedDataset, ImageDataset, create_dataset, list_datasets
 from ..data.encrypted import TEST_NONCE_OFFSET
 from ..engine import OPTIMIZERS, build_model, fit, is_main_process, seed_everything
+from ..engine.dp import PrivacyConfig, PrivacyConfigError, fit_private
 from ..keys import Key
 from ..schemes import Scheme, create, list_schemes, scheme_class
 from .crypt import parse_options
@@ -106,7 +115,57 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", help="checkpoint to write (default: the --resume file, else model.pt)")
     p.add_argument("--resume", help="continue from this checkpoint up to --epochs in total")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", metavar="PATH", help="also write a JSON report of the run (history, final metrics, "
+                   "privacy spent with --dp)")
+    add_dp_args(p)
     p.set_defaults(func=run)
+
+
+DP_OPTIONS = ("dp_epsilon", "dp_delta", "max_grad_norm", "noise_multiplier", "dp_accountant")
+
+
+def add_dp_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("differential privacy (DP-SGD with Opacus: pip install 'keyveil[privacy]')")
+    g.add_argument("--dp", action="store_true", help="train with DP-SGD: per-sample clipping, Gaussian noise, "
+                   "Poisson sampling (BatchNorm becomes GroupNorm); not with --resume or torchrun")
+    g.add_argument("--dp-epsilon", type=float, metavar="EPS", help="target epsilon after --epochs epochs "
+                   "(Opacus picks the noise); or give --noise-multiplier")
+    g.add_argument("--noise-multiplier", type=float, metavar="SIGMA",
+                   help="noise std / clipping norm, instead of --dp-epsilon (epsilon is then measured)")
+    g.add_argument("--dp-delta", type=float, metavar="DELTA",
+                   help="delta (default min(1e-5, 1/(10 N)) for N training images)")
+    g.add_argument("--max-grad-norm", type=float, metavar="C", help="per-sample gradient clipping norm (default 1.0)")
+    g.add_argument("--dp-accountant", choices=("rdp", "prv", "gdp"),
+                   help="privacy accountant (default rdp; prv is tighter but slower)")
+
+
+def privacy_config(args: argparse.Namespace) -> PrivacyConfig | None:
+    """The DP-SGD options as a validated :class:`PrivacyConfig` (``None`` without ``--dp``)."""
+    given = [f"--{n.replace('_', '-')}" for n in DP_OPTIONS if getattr(args, n, None) is not None]
+    if not getattr(args, "dp", False):
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply to DP-SGD training: add --dp (or drop them)")
+        return None
+    problems = []
+    if args.resume:
+        problems.append("--dp cannot --resume (the privacy accountant is not checkpointed): train from scratch")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        problems.append("--dp does not support torchrun/DDP yet: run a single process")
+    cfg = PrivacyConfig(target_epsilon=args.dp_epsilon, noise_multiplier=args.noise_multiplier,
+                        delta=args.dp_delta, max_grad_norm=1.0 if args.max_grad_norm is None else args.max_grad_norm,
+                        accountant=args.dp_accountant or "rdp")
+    names = {"epsilon must": "--dp-epsilon must", "noise multiplier must": "--noise-multiplier must",
+             "delta must": "--dp-delta must", "max grad norm must": "--max-grad-norm must",
+             "a target epsilon or a noise multiplier, not both": "--dp-epsilon or --noise-multiplier, not both",
+             "a target epsilon (e.g. 8) or a noise multiplier (e.g. 1.0)":
+             "--dp-epsilon EPS (e.g. 8) or --noise-multiplier SIGMA (e.g. 1.0)"}
+    for problem in cfg.problems():
+        for old, new in names.items():
+            problem = problem.replace(old, new)
+        problems.append(problem)
+    if problems:
+        raise PrivacyConfigError("bad DP-SGD options: " + "; ".join(problems))
+    return cfg
 
 
 def _say(*a: Any) -> None:
@@ -120,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
     if args.workers < 0:
         raise ValueError("--workers must be 0 or more")
+    privacy = privacy_config(args)
     output = args.output or args.resume or "model.pt"
     if args.resume and not os.path.isfile(args.resume):
         raise FileNotFoundError(f"--resume {args.resume}: no such checkpoint")
@@ -143,18 +203,41 @@ def run(args: argparse.Namespace) -> int:
     what = "plain images" if meta["scheme"] is None else (
         f"{meta['scheme']['scheme']} ({meta['scheme']['applied']}, key {meta['scheme']['key_fingerprint']})")
     _say(f"training {args.model} on {args.dataset} ({len(train)} train / {len(test)} test images, "
-         f"{train.channels}x{train.size[0]}x{train.size[1]}) with {what}, {args.optimizer}, {args.epochs} epochs")
+         f"{train.channels}x{train.size[0]}x{train.size[1]}) with {what}, {args.optimizer}, {args.epochs} epochs"
+         + (_dp_line(privacy) if privacy is not None else ""))
 
     def show(r: dict[str, Any]) -> None:
+        eps = f"  eps {r['epsilon']:.3f} (delta {r['delta']:.1e})" if "epsilon" in r else ""
         _say(f"epoch {r['epoch']}: train loss {r['train_loss']:.4f} acc {r['train_accuracy']:.4f}  "
              f"test loss {r.get('test_loss', float('nan')):.4f} acc {r.get('test_accuracy', float('nan')):.4f}  "
-             f"({r['images_per_s']:.0f} img/s, {r['seconds']:.1f} s)")
+             f"({r['images_per_s']:.0f} img/s, {r['seconds']:.1f} s){eps}")
 
-    result = fit(model, enc_train, test_set=enc_test, epochs=args.epochs, batch_size=args.batch_size,
-                 optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
-                 seed=args.seed, num_workers=args.workers, device=args.device, checkpoint=output,
-                 resume=args.resume, meta=meta, progress=not args.quiet, on_epoch=show)
+    common: dict[str, Any] = {"test_set": enc_test, "epochs": args.epochs, "batch_size": args.batch_size,
+                              "optimizer": args.optimizer, "lr": args.lr, "weight_decay": args.weight_decay,
+                              "schedule": args.schedule, "num_workers": args.workers, "device": args.device,
+                              "checkpoint": output, "meta": meta, "progress": not args.quiet, "on_epoch": show}
+    if privacy is not None:
+        result = fit_private(model, enc_train, privacy=privacy, **common)
+        report_privacy: dict[str, Any] | None = result.privacy
+    else:
+        result = fit(model, enc_train, seed=args.seed, resume=args.resume, **common)
+        report_privacy = None
     if result.history:
         last = result.history[-1]
-        _say(f"wrote {output} (epoch {result.epoch}, test accuracy {last.get('test_accuracy', float('nan')):.4f})")
+        eps = (f", epsilon {report_privacy['epsilon']:.3f} at delta {report_privacy['delta']:.1e}"
+               if report_privacy else "")
+        _say(f"wrote {output} (epoch {result.epoch}, test accuracy "
+             f"{last.get('test_accuracy', float('nan')):.4f}{eps})")
+        if args.json and is_main_process():
+            report = {"checkpoint": str(output), "epoch": result.epoch, "metrics": last, "history": result.history,
+                      **{k: meta[k] for k in ("arch", "dataset", "scheme")}, "privacy": report_privacy}
+            path = Path(args.json)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(report, indent=2) + "\n")
     return 0
+
+
+def _dp_line(cfg: PrivacyConfig) -> str:
+    budget = (f"target epsilon {cfg.target_epsilon:g}" if cfg.target_epsilon is not None
+              else f"noise multiplier {cfg.noise_multiplier:g}")
+    return f", DP-SGD ({budget}, max grad norm {cfg.max_grad_norm:g}, {cfg.accountant} accountant)"

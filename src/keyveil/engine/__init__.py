@@ -11,6 +11,14 @@ from __future__ import annotations
 
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .distributed import DistInfo, init_distributed, is_main_process
+from .dp import (
+    PrivacyConfig,
+    PrivacyConfigError,
+    PrivateFitResult,
+    fit_private,
+    make_dp_compatible,
+    make_private,
+)
 from .loop import EvalResult, FitResult, evaluate, fit, make_loader, seed_everything, to_input, train_epoch
 from .models import adapt_torchvision, build_model, list_models, register_model, small_cnn
 from .optim import DEFAULT_LR, OPTIMIZERS, make_optimizer
@@ -39,4 +47,10 @@ __all__ = [
     "DistInfo",
     "init_distributed",
     "is_main_process",
+    "PrivacyConfig",
+    "PrivacyConfigError",
+    "PrivateFitResult",
+    "fit_private",
+    "make_private",
+    "make_dp_compatible",
 ]

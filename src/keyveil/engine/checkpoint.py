@@ -9,6 +9,8 @@ loads with ``weights_only=True``:
 - ``dataset``: name, split sizes, classes, geometry (:class:`keyveil.data.DatasetInfo`);
 - ``scheme``: the scheme's ``config`` (name, options, **key fingerprint**) or ``None``;
 - ``optimizer``, ``hparams``: optimizer name and hyperparameters;
+- ``privacy``: with DP-SGD (:mod:`keyveil.engine.dp`), the spent ε, δ, noise
+  multiplier, clipping norm, accountant; ``None`` or absent otherwise;
 - ``epoch`` (completed), ``history`` (metrics per epoch), ``metrics`` (the last);
 - ``model_state``, ``optimizer_state``, ``scheduler_state``.
 """
@@ -75,5 +77,9 @@ def model_from_checkpoint(state: dict[str, Any] | str | os.PathLike[str]) -> nn.
     kwargs = dict(state["model_kwargs"])
     kwargs["image_size"] = tuple(kwargs["image_size"])
     model = build_model(state["arch"], **kwargs)
+    if state.get("privacy"):  # trained with DP-SGD: BatchNorm was replaced the same way
+        from .dp import make_dp_compatible
+
+        model = make_dp_compatible(model)
     model.load_state_dict(state["model_state"])
     return model.eval()
