@@ -34,7 +34,13 @@ def check_scheme(scheme: Scheme, x: torch.Tensor, **kw) -> torch.Tensor:
     if scheme.per_image:
         nonces = list(range(100, 100 + x.shape[0]))
         y = scheme.encrypt(x, nonce=nonces)
-        singles = [scheme.encrypt(x[i], nonce=[nonces[i]]) for i in range(x.shape[0])]
+        if getattr(scheme, "mixes_batch", False):
+            # Each image is mixed with others of its batch (instahide): per-image means that its encoding
+            # depends on its own nonce and on the batch, not on its position, so rolling both rolls the output.
+            rolled = scheme.encrypt(x.roll(1, 0), nonce=nonces[-1:] + nonces[:-1])
+            singles = list(rolled.roll(-1, 0))
+        else:
+            singles = [scheme.encrypt(x[i], nonce=[nonces[i]]) for i in range(x.shape[0])]
         again = scheme.encrypt(x, nonce=nonces)
         assert torch.equal(y, again), "same key and nonces must reproduce the output"
     else:

@@ -19,7 +19,7 @@ from .errors import GeometryError, NotInvertibleError, PrivacyWarning, SchemeErr
 from .registry import create, describe, list_schemes, register_preset, register_scheme, scheme_class
 
 # Importing a scheme module registers its schemes.
-from . import pixel, block, hao, visualmixer, compose  # noqa: E402,F401  isort: skip
+from . import pixel, block, hao, visualmixer, compose, baselines  # noqa: E402,F401  isort: skip
 from .compose import ComposedScheme, chain  # noqa: E402  isort: skip
 
 __all__ = [
