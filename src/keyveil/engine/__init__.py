@@ -20,13 +20,25 @@ from .dp import (
     make_private,
 )
 from .loop import EvalResult, FitResult, evaluate, fit, make_loader, seed_everything, to_input, train_epoch
-from .models import adapt_torchvision, build_model, list_models, register_model, small_cnn
+from .models import (
+    SEED_FAMILIES,
+    adapt_torchvision,
+    build_model,
+    list_models,
+    load_weights,
+    register_model,
+    small_cnn,
+    torchvision_model,
+)
 from .optim import DEFAULT_LR, OPTIMIZERS, make_optimizer
 
 __all__ = [
     "build_model",
     "small_cnn",
     "adapt_torchvision",
+    "torchvision_model",
+    "load_weights",
+    "SEED_FAMILIES",
     "list_models",
     "register_model",
     "make_optimizer",

@@ -1,18 +1,21 @@
-"""Model builders: a tiny fast CNN and torchvision architectures adapted to small or grayscale inputs.
+"""Model builders: a tiny fast CNN, a small ViT and torchvision architectures adapted to small or grayscale inputs.
 
-:func:`build_model` is the one entry point. The models take float images in
+:func:`build_model` is the one entry point, :func:`load_weights` loads user-supplied weights. The models take float images in
 ``[0, 1]`` of shape ``(B, C, H, W)`` (the engine divides uint8 images by 255).
 """
 
 from __future__ import annotations
 
 import difflib
+import math
+import os
 from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-__all__ = ["build_model", "list_models", "register_model", "small_cnn", "adapt_torchvision"]
+__all__ = ["build_model", "list_models", "register_model", "small_cnn", "adapt_torchvision", "torchvision_model",
+           "load_weights", "SEED_FAMILIES"]
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -111,20 +114,173 @@ def adapt_torchvision(model: nn.Module, *, in_channels: int, small_input: bool) 
     return model
 
 
+SEED_FAMILIES = ("resnet18", "mobilenet_v3_small", "shufflenet_v2_x0_5", "vgg11_bn", "vit_mini", "swin_t")
+"""One architecture of each family the seeds report (VGG, ResNet, MobileNet, ShuffleNet, ViT, Swin)."""
+
+TRANSFORMER_PATCH = 4
+"""Patch side of ViTs and Swins built for small inputs (a 32-px image gives 8×8 tokens)."""
+
+SWIN_WINDOW = 4
+"""Attention window of Swins built for small inputs (Swin-T's 7 fits 56-px token maps, not 8-px ones)."""
+
+_VIT_CONFIGS = {  # name: (layers, heads, hidden, mlp), torchvision's (vision_transformer.py)
+    "vit_b_16": (12, 12, 768, 3072), "vit_b_32": (12, 12, 768, 3072), "vit_l_16": (24, 16, 1024, 4096),
+    "vit_l_32": (24, 16, 1024, 4096), "vit_h_14": (32, 16, 1280, 5120),
+}
+_SWIN_CONFIGS = {  # name: (embed_dim, depths, heads, stochastic depth), torchvision's (swin_transformer.py)
+    "swin_t": (96, [2, 2, 6, 2], [3, 6, 12, 24], 0.2), "swin_s": (96, [2, 2, 18, 2], [3, 6, 12, 24], 0.3),
+    "swin_b": (128, [2, 2, 18, 2], [4, 8, 16, 32], 0.5), "swin_v2_t": (96, [2, 2, 6, 2], [3, 6, 12, 24], 0.2),
+    "swin_v2_s": (96, [2, 2, 18, 2], [3, 6, 12, 24], 0.3), "swin_v2_b": (128, [2, 2, 18, 2], [4, 8, 16, 32], 0.5),
+}
+
+
+def _vit(*, layers: int, heads: int, hidden: int, mlp: int, in_channels: int, num_classes: int,
+         image_size: tuple[int, int], patch_size: int) -> nn.Module:
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    h, w = image_size
+    if h != w:
+        raise ValueError(f"torchvision's VisionTransformer needs square images, got {h}x{w}: pad them to a "
+                         f"square (e.g. {max(h, w)}x{max(h, w)}) or use a CNN")
+    if h % patch_size:
+        raise ValueError(f"a ViT with {patch_size}-px patches needs a side divisible by {patch_size}, got {h}: "
+                         "pad the images (keyveil.experiments.PaddedDataset) or choose another size")
+    model = VisionTransformer(image_size=h, patch_size=patch_size, num_layers=layers, num_heads=heads,
+                              hidden_dim=hidden, mlp_dim=mlp, num_classes=num_classes)
+    if in_channels != 3:
+        conv = nn.Conv2d(in_channels, hidden, patch_size, stride=patch_size)
+        nn.init.trunc_normal_(conv.weight, std=math.sqrt(1 / (in_channels * patch_size**2)))
+        nn.init.zeros_(conv.bias)
+        model.conv_proj = conv
+    return model
+
+
+def _swin(arch: str, *, in_channels: int, num_classes: int, patch_size: int, window: int) -> nn.Module:
+    from torchvision.models import swin_transformer as st
+
+    dim, depths, heads, drop = _SWIN_CONFIGS[arch]
+    v2 = {"block": st.SwinTransformerBlockV2, "downsample_layer": st.PatchMergingV2} if "_v2_" in arch else {}
+    model = st.SwinTransformer(patch_size=[patch_size, patch_size], embed_dim=dim, depths=depths, num_heads=heads,
+                               window_size=[window, window], stochastic_depth_prob=drop, num_classes=num_classes,
+                               **v2)
+    if in_channels != 3:
+        model.features[0][0] = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
+    return model
+
+
+@register_model("vit_mini")
+def _vit_mini(*, in_channels: int, num_classes: int, image_size: tuple[int, int], small_input: bool = True,
+              **kw: Any) -> nn.Module:
+    """A small torchvision ViT: 6 layers, width 192, 3 heads, MLP 768 (DeiT-Tiny's width at half its depth)."""
+    return _vit(layers=6, heads=3, hidden=192, mlp=768, in_channels=in_channels, num_classes=num_classes,
+                image_size=image_size, patch_size=TRANSFORMER_PATCH if small_input else 16)
+
+
+def torchvision_model(arch: str, *, in_channels: int, num_classes: int, image_size: tuple[int, int],
+                      small_input: bool, **kwargs: Any) -> nn.Module:
+    """A torchvision classifier with random weights, adapted to ``in_channels`` and, if ``small_input``, small images.
+
+    This is the one place where the seeds' families are fitted to 28–64 px
+    images (MNIST, Fashion-MNIST, CIFAR); with ``small_input=False`` every
+    model keeps torchvision's layout (only the first layer's input channels
+    change).
+
+    =====================  ==========================================================
+    family                 small-input adaptation
+    =====================  ==========================================================
+    ResNet / ResNeXt       3×3 stride-1 stem, no stem max-pool (the usual CIFAR ResNet)
+    VGG (``vgg11_bn`` …)   last max-pool dropped, global average pool, one ``Linear``
+    MobileNet, ShuffleNet, first convolution at stride 1 (a 32-px image is then seen
+    EfficientNet, others   as a 64-px one)
+    ViT (``vit_b_16`` …)   same depth and width, ``TRANSFORMER_PATCH``-px patches
+                           (4: 8×8 tokens at 32 px), square images only
+    Swin (``swin_t`` …)    same depths and widths, ``TRANSFORMER_PATCH``-px patches,
+                           ``SWIN_WINDOW``-token windows (4)
+    =====================  ==========================================================
+
+    Args:
+        arch: a torchvision classification model name (``torchvision.models.list_models()``).
+        kwargs: passed to torchvision's builder (not for the rebuilt ViTs / Swins).
+
+    Raises:
+        ValueError: an unknown name (the error lists the choices), a ViT on
+            non-square images or on a side its patch does not divide.
+
+    Examples:
+        >>> import torch
+        >>> m = torchvision_model("swin_t", in_channels=1, num_classes=10, image_size=(28, 28), small_input=True)
+        >>> m(torch.rand(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+    from torchvision import models as tvm
+
+    if arch not in tvm.list_models(module=tvm):
+        raise ValueError(_unknown(arch))
+    if small_input and arch in _VIT_CONFIGS and not kwargs:
+        layers, heads, hidden, mlp = _VIT_CONFIGS[arch]
+        return _vit(layers=layers, heads=heads, hidden=hidden, mlp=mlp, in_channels=in_channels,
+                    num_classes=num_classes, image_size=image_size, patch_size=TRANSFORMER_PATCH)
+    if small_input and arch in _SWIN_CONFIGS and not kwargs:
+        return _swin(arch, in_channels=in_channels, num_classes=num_classes, patch_size=TRANSFORMER_PATCH,
+                     window=SWIN_WINDOW)
+    if small_input and arch.startswith("vgg"):
+        return adapt_torchvision(_vgg_without_classifier_init(arch, num_classes, **kwargs), in_channels=in_channels,
+                                 small_input=True)
+    model = tvm.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
+    return adapt_torchvision(model, in_channels=in_channels, small_input=small_input)
+
+
+def _vgg_without_classifier_init(arch: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    """A torchvision VGG whose 120M-parameter classifier (replaced for small inputs) is never initialized.
+
+    Built on the meta device, then its convolutional ``features`` are
+    materialized and initialized as torchvision's ``VGG._initialize_weights``
+    does; this saves seconds per build.
+    """
+    import torch
+    from torchvision import models as tvm
+
+    with torch.device("meta"):
+        model = tvm.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
+    model.features = model.features.to_empty(device="cpu")
+    for m in model.features.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            m.reset_parameters()
+    return model
+
+
+def _unknown(arch: str) -> str:
+    close = difflib.get_close_matches(arch, list_models(), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    from torchvision import models as tvm
+
+    return (f"no model named {arch!r}{hint} Choose keyveil's {', '.join(sorted(_BUILDERS))}, one of the seeds' "
+            f"families ({', '.join(SEED_FAMILIES)}), or any torchvision classification model: "
+            f"{', '.join(sorted(tvm.list_models(module=tvm)))}")
+
+
 def build_model(arch: str, *, in_channels: int = 3, num_classes: int = 10, image_size: tuple[int, int] = (32, 32),
-                small_input: bool | None = None, **kwargs: Any) -> nn.Module:
+                small_input: bool | None = None, weights: str | os.PathLike[str] | None = None,
+                **kwargs: Any) -> nn.Module:
     """Build ``arch`` for images with ``in_channels`` channels and ``num_classes`` classes.
 
     Args:
-        arch: ``"smallcnn"`` (see :func:`small_cnn`) or any torchvision
-            classification model name (``"resnet18"``, ``"vgg11_bn"``,
-            ``"mobilenet_v2"``, …), always with random weights (nothing is
-            downloaded), adapted by :func:`adapt_torchvision`.
+        arch: ``"smallcnn"`` (see :func:`small_cnn`), ``"vit_mini"`` (a small
+            torchvision ViT) or any torchvision classification model name
+            (``"resnet18"``, ``"vgg11_bn"``, ``"swin_t"``, …), always with random
+            weights (nothing is downloaded), adapted by :func:`torchvision_model`.
+            :data:`SEED_FAMILIES` names one model per family the seeds report.
         in_channels: 1 for grayscale, 3 for RGB.
         num_classes: size of the output.
         image_size: ``(H, W)`` of the inputs (the small CNN sizes its classifier from it).
         small_input: adapt the stem to small images; default: ``True`` when the
             short side is below 96 px.
+        weights: a state_dict file (``torch.save(model.state_dict(), path)``, or
+            a keyveil checkpoint) loaded by :func:`load_weights` into the built model.
         **kwargs: passed to the builder (e.g. ``width`` for ``smallcnn``).
 
     Examples:
@@ -139,21 +295,76 @@ def build_model(arch: str, *, in_channels: int = 3, num_classes: int = 10, image
     if small_input is None:
         small_input = min(image_size) < 96
     if arch in _BUILDERS:
-        return _BUILDERS[arch](in_channels=in_channels, num_classes=num_classes, image_size=image_size,
-                               small_input=small_input, **kwargs)
-    from torchvision import models as tvm
+        model = _BUILDERS[arch](in_channels=in_channels, num_classes=num_classes, image_size=image_size,
+                                small_input=small_input, **kwargs)
+    else:
+        model = torchvision_model(arch, in_channels=in_channels, num_classes=num_classes, image_size=image_size,
+                                  small_input=small_input, **kwargs)
+    if weights is not None:
+        load_weights(model, weights)
+    return model
 
-    if arch not in tvm.list_models(module=tvm):
-        close = difflib.get_close_matches(arch, list_models(), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"no model named {arch!r}{hint} Use 'smallcnn' or a torchvision classification model "
-                         "name (see `keyveil train --help`)")
-    model = tvm.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
-    return adapt_torchvision(model, in_channels=in_channels, small_input=small_input)
+
+def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
+    """Load the user's weights from ``path`` into ``model`` (in place); every key and shape must match.
+
+    ``path`` holds a state_dict (``torch.save(model.state_dict(), path)``),
+    ``{"state_dict": ...}``, or a keyveil checkpoint (its ``model_state``);
+    a ``module.`` prefix (from ``DistributedDataParallel``) is dropped. It is
+    read with ``weights_only=True``: no code in the file runs.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a state_dict, or keys / shapes that do not match the
+            model (the error lists them and says how to build a matching model).
+
+    Examples:
+        >>> import tempfile, torch
+        >>> a, b = build_model("smallcnn", in_channels=1), build_model("smallcnn", in_channels=1)
+        >>> path = tempfile.mkdtemp() + "/w.pt"
+        >>> torch.save(a.state_dict(), path)
+        >>> x = torch.rand(2, 1, 32, 32)
+        >>> bool(torch.equal(load_weights(b, path).eval()(x), a.eval()(x)))
+        True
+    """
+    import torch
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a state_dict file"
+        raise ValueError(f"weights file {path} is not a PyTorch state_dict saved with torch.save ({exc})") from None
+    if isinstance(state, dict):
+        for inner in ("model_state", "state_dict"):
+            if isinstance(state.get(inner), dict):
+                state = state[inner]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"weights file {path} does not hold a state_dict (a dict of tensors); save one with "
+                         "torch.save(model.state_dict(), path)")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+
+        def few(items: list[str]) -> str:
+            return ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
+
+        problems = [f"{label}: {few(items)}" for label, items in
+                    (("missing", missing), ("unexpected", unexpected), ("shape (file vs model)", shapes)) if items]
+        raise ValueError(f"weights file {path} does not fit this {type(model).__name__}: " + "; ".join(problems)
+                         + ". Build the model the weights were saved from: the same --model, input channels, "
+                         "number of classes and image size (small-input adaptation)")
+    model.load_state_dict(state)
+    return model
 
 
 def list_models() -> list[str]:
-    """``smallcnn`` and the torchvision classification models."""
+    """keyveil's own builders (``smallcnn``, ``vit_mini``) and the torchvision classification models."""
     from torchvision import models as tvm
 
     return sorted(_BUILDERS) + sorted(tvm.list_models(module=tvm))
