@@ -42,7 +42,7 @@ def toy(n: int = 12, shape=(1, 8, 8), classes: int = 3, seed: int = 0) -> Tensor
 # -- registry -----------------------------------------------------------------
 def test_registry_lists_builtins_and_rejects_duplicates_and_unknown_names():
     assert list_datasets() == sorted(["fashion-mnist", "mnist5k", "att-faces", "cifar10", "cifar10-sample",
-                                      "imagefolder"])
+                                      "imagefolder", "fashion-canvas", "coco"])
 
     class Again(DatasetSource):
         name = "mnist5k"

@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--wrong-key", action="store_true", help="encrypt with a fresh random key (not the right one)")
     which.add_argument("--plain", action="store_true", help="evaluate on plain (unencrypted) images")
+    p.add_argument("--keyed", choices=("input", "features", "deformable"),
+                   help="detectors: convert the plain detector with --key and run it on --scheme pixel images")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--device", default="cpu")
     p.add_argument("-o", "--output", help="JSON report (default: CHECKPOINT with .eval.json)")
@@ -40,6 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     state = load_checkpoint(args.checkpoint)
+    if state.get("task") == "detection":
+        from ._detection import evaluate_detection
+
+        return evaluate_detection(args, state)
     trained = state.get("dataset", {})
     args.dataset = args.dataset or trained.get("name")
     if args.dataset is None:

@@ -117,6 +117,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", metavar="PATH", help="also write a JSON report of the run (history, final metrics, "
                    "privacy spent with --dp)")
+    p.add_argument("--task", choices=("classification", "detection"), default="classification",
+                   help="detection: train an FCOS detector (--model fcos-small) on a detection dataset such as "
+                   "fashion-canvas or coco (keyveil.commands._detection)")
     add_dp_args(p)
     p.set_defaults(func=run)
 
@@ -174,6 +177,12 @@ def _say(*a: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ._detection import is_detection_source, train_detection
+
+    if getattr(args, "task", "classification") == "detection":
+        return train_detection(args)
+    if is_detection_source(args.dataset):
+        raise ValueError(f"{args.dataset!r} is a detection dataset (boxes, not class labels): add --task detection")
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")

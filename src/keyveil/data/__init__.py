@@ -35,6 +35,7 @@ from .registry import (
 
 # Importing the sources registers the built-in datasets.
 from . import sources  # noqa: E402,F401  isort: skip
+from . import detection  # noqa: E402,F401  isort: skip  (fashion-canvas, coco)
 
 __all__ = [
     "ImageDataset",
