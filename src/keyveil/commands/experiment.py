@@ -26,8 +26,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--quiet", action="store_true")
     a.set_defaults(func=run_privdl_cmd)
     b = inner.add_parser("schemes", help="accuracy of the same recipe on every scheme, drop vs plain")
-    b.add_argument("--datasets", nargs="+", default=["fashion-mnist", "att-faces"], choices=list_datasets())
-    b.add_argument("--schemes", nargs="+", help="default: plain pixel etc le ele vit patch mix visualmixer")
+    b.add_argument("--datasets", nargs="+", choices=list_datasets(),
+                   help="default: fashion-mnist att-faces (with --models: fashion-mnist, one dataset)")
+    b.add_argument("--schemes", nargs="+", help="default: plain pixel etc le ele vit patch mix visualmixer "
+                   "(with --models: plain pixel visualmixer-seed visualmixer, + patch mix for ViTs/Swins)")
+    b.add_argument("--models", nargs="+", metavar="ARCH",
+                   help="measure every scheme on each of these models instead of the small CNN (VisualMixer "
+                   "Table II's shape): 'seeds' for the seeds' families (resnet18 mobilenet_v3_small "
+                   "shufflenet_v2_x0_5 vgg11_bn vit_mini swin_t), smallcnn, or any torchvision classifier; "
+                   "writes schemes-models.md/.json gathering every model measured in --output")
+    b.add_argument("--test-limit", type=int, help="with --models: test images (default 1000)")
+    b.add_argument("--weights", action="append", default=[], metavar="ARCH=PATH",
+                   help="with --models: initialize ARCH from this state_dict file (repeatable)")
+    b.add_argument("--frontier", default="results/frontier/frontier.json",
+                   help="with --models: the frontier JSON whose re-identification figures go beside each scheme")
+    b.add_argument("--gather", action="store_true",
+                   help="train nothing: rebuild schemes-models.md/.json from the per-model files in --output "
+                   "measured with the same recipe (--datasets/--limit/--test-limit/--epochs/--batch-size/--seed)")
     b.add_argument("--epochs", nargs="+", metavar="N|DATASET=N",
                    help="epochs for every dataset, or per dataset (default: fashion-mnist=2 att-faces=25)")
     b.add_argument("--limit", type=int, help="training images per dataset (default: fashion-mnist 10000, "
@@ -114,6 +129,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     dt.add_argument("-o", "--output", default="results")
     dt.add_argument("--quiet", action="store_true")
     dt.set_defaults(func=run_detection_cmd)
+    op = inner.add_parser("optimizers", help="ST-Adam vs Adam per epoch on plain and VisualMixer images "
+                          "(VisualMixer Fig. 6): curves (PNG) and table under results/optimizers")
+    op.add_argument("--dataset", default="fashion-mnist", choices=list_datasets())
+    op.add_argument("--models", nargs="+", default=["smallcnn", "shufflenet_v2_x0_5"], metavar="ARCH",
+                    help="architectures (default smallcnn shufflenet_v2_x0_5; any `keyveil train --model`)")
+    op.add_argument("--scheme", default="visualmixer-seed",
+                    help="the encryption compared with plain (default visualmixer-seed, the paper's setting)")
+    op.add_argument("--lrs", nargs="+", type=float, default=[3e-4, 1e-3, 3e-3],
+                    help="learning-rate grid searched for both optimizers (default 3e-4 1e-3 3e-3)")
+    op.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="default 0 1 2")
+    op.add_argument("--epochs", type=int, default=5, help="default 5")
+    op.add_argument("--limit", type=int, default=2000, help="training images (default 2000)")
+    op.add_argument("--val-limit", type=int, default=500,
+                    help="validation images held out from the training set for the search (default 500)")
+    op.add_argument("--test-limit", type=int, default=1000, help="test images (default 1000)")
+    op.add_argument("--batch-size", type=int, default=64)
+    op.add_argument("-o", "--output", default="results/optimizers")
+    op.add_argument("--quiet", action="store_true")
+    op.set_defaults(func=run_optimizers_cmd)
 
 
 def _log(s: str) -> None:
@@ -143,10 +177,44 @@ def run_schemes_cmd(args: argparse.Namespace) -> int:
             epochs = {**(epochs if isinstance(epochs, dict) else {}), name: int(n)}
         else:
             epochs = int(n)
-    data = run_schemes(datasets=args.datasets, schemes=args.schemes or SCHEMES, epochs=epochs,
+    if args.models or args.gather:
+        return _schemes_by_model_cmd(args, epochs)
+    extra = [o for o, v in (("--test-limit", args.test_limit), ("--weights", args.weights)) if v]
+    if extra:
+        raise ValueError(f"{', '.join(extra)} only apply with --models")
+    data = run_schemes(datasets=args.datasets or ["fashion-mnist", "att-faces"], schemes=args.schemes or SCHEMES,
+                       epochs=epochs,
                        limit=args.limit, batch_size=args.batch_size, seed=args.seed, out_dir=args.output,
                        progress=not args.quiet, log=_log)
     print(f"\n{data['wall_s']:.0f} s wall, {data['cpu_s']:.0f} s CPU; wrote " + ", ".join(data["files"]))
+    return 0
+
+
+def _schemes_by_model_cmd(args: argparse.Namespace, epochs: dict[str, int] | int | None) -> int:
+    from ..engine import SEED_FAMILIES
+    from ..experiments.schemes import run_schemes_by_model
+
+    datasets = args.datasets or ["fashion-mnist"]
+    if len(datasets) != 1:
+        raise ValueError(f"--models measures one dataset at a time, got --datasets {' '.join(datasets)}")
+    if isinstance(epochs, dict):
+        raise ValueError("with --models, --epochs takes one number N (the CNNs' epochs; transformers may get 1.5 N)")
+    models = [m for name in args.models or [] for m in (SEED_FAMILIES if name == "seeds" else (name,))]
+    weights = {}
+    for item in args.weights:
+        arch, sep, path = item.partition("=")
+        if not sep or not arch or not path:
+            raise ValueError(f"--weights {item!r}: expected ARCH=PATH (e.g. resnet18=my_resnet18.pt)")
+        weights[arch] = path
+    for label, v in (("--limit", args.limit), ("--test-limit", args.test_limit), ("--batch-size", args.batch_size)):
+        if v is not None and v < 1:
+            raise ValueError(f"{label} must be >= 1, got {v}")
+    data = run_schemes_by_model(models=models, dataset=datasets[0], schemes=args.schemes, epochs=epochs or 2,
+                                limit=args.limit or 2000, test_limit=args.test_limit or 1000,
+                                batch_size=args.batch_size, seed=args.seed, weights=weights, frontier=args.frontier,
+                                out_dir=args.output, gather_only=args.gather, progress=not args.quiet, log=_log)
+    run = data["this_run"]
+    print(f"\n{run['wall_s']:.0f} s wall, {run['cpu_s']:.0f} s CPU; wrote " + ", ".join(data["files"]))
     return 0
 
 
@@ -209,5 +277,23 @@ def run_detection_cmd(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size, lr=args.lr, mode=args.mode,
                          schemes=tuple(args.schemes) if args.schemes else None, frontier_json=args.frontier_json,
                          seed=args.seed, out_dir=args.output, progress=not args.quiet, log=_log)
+    print(f"\n{data['wall_s']:.0f} s wall, {data['cpu_s']:.0f} s CPU; wrote " + ", ".join(data["files"]))
+    return 0
+
+
+def run_optimizers_cmd(args: argparse.Namespace) -> int:
+    from ..engine import list_models
+    from ..experiments.optimizers import run_optimizers
+    from ..schemes import list_schemes
+
+    bad = [m for m in args.models if m not in list_models()]
+    if bad:
+        raise ValueError(f"--models {' '.join(bad)}: unknown; see `keyveil train --help` for the model names")
+    if args.scheme not in list_schemes():
+        raise ValueError(f"--scheme {args.scheme!r}: unknown; see `keyveil schemes`")
+    data = run_optimizers(dataset=args.dataset, models=args.models, scheme=args.scheme, lrs=args.lrs,
+                          seeds=args.seeds, epochs=args.epochs, limit=args.limit, val_limit=args.val_limit,
+                          test_limit=args.test_limit, batch_size=args.batch_size, out_dir=args.output,
+                          progress=not args.quiet, log=_log)
     print(f"\n{data['wall_s']:.0f} s wall, {data['cpu_s']:.0f} s CPU; wrote " + ", ".join(data["files"]))
     return 0

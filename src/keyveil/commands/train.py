@@ -102,7 +102,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_args(p)
     add_scheme_args(p)
     p.add_argument("--model", default="smallcnn", metavar="ARCH",
-                   help="smallcnn (default) or a torchvision classifier name, e.g. resnet18")
+                   help="smallcnn (default), vit_mini, or a torchvision classifier name, e.g. resnet18, "
+                   "mobilenet_v3_small, shufflenet_v2_x0_5, vgg11_bn, swin_t (random weights, adapted to small "
+                   "images: keyveil.engine.torchvision_model)")
+    p.add_argument("--weights", metavar="PATH", help="start from these weights: a state_dict file saved with "
+                   "torch.save(model.state_dict(), PATH) for the same --model and data geometry")
     p.add_argument("--epochs", type=int, default=3, help="total epochs (default 3)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="default adam")
     p.add_argument("--lr", type=float, help="learning rate (default: 0.001 for adam/stadam, 0.05 for sgd)")
@@ -206,7 +210,9 @@ def run(args: argparse.Namespace) -> int:
         "scheme": scheme_meta(scheme, args.randomness, manifest),
     }
     seed_everything(args.seed)
-    model = build_model(args.model, **{**meta["model_kwargs"], "image_size": tuple(train.size)})
+    model = build_model(args.model, **{**meta["model_kwargs"], "image_size": tuple(train.size)}, weights=args.weights)
+    if args.weights:
+        meta["init_weights"] = str(args.weights)
     enc_train = encrypt_split(train, scheme, randomness=args.randomness)
     enc_test = encrypt_split(test, scheme, randomness=args.randomness)
     what = "plain images" if meta["scheme"] is None else (
