@@ -5,18 +5,18 @@ import json
 import pytest
 
 from keyveil.cli import main
-from keyveil.experiments.baselines import run_baselines
+from keyveil.experiments.baselines import measure_throughput, run_baselines
 
 
 def test_baselines_experiment_on_a_tiny_subset(tmp_path, capsys):
     assert main(["experiment", "baselines", "--dataset", "mnist5k", "--models", "smallcnn", "--methods", "plain",
                  "visualmixer-seed", "dp-sgd", "noise", "instahide", "--limit", "128", "--test-limit", "64",
-                 "--epochs", "1", "-o", str(tmp_path), "--quiet"]) == 0
+                 "--epochs", "1", "--throughput-rounds", "2", "--throughput-steps", "1", "-o", str(tmp_path), "--quiet"]) == 0
     data = json.loads((tmp_path / "baselines.json").read_text())
     methods = [r["method"] for r in data["rows"]]
     assert methods == ["plain", "visualmixer-seed", "dp-sgd", "noise", "instahide"]
     for r in data["rows"]:
-        assert 0 <= r["accuracy"] <= 1 and r["images_per_s"] > 0
+        assert 0 <= r["accuracy"] <= 1 and r["images_per_cpu_s"] > 0
     dp = data["rows"][2]
     assert 0 < dp["epsilon"] <= 8.0 + 1e-6  # Opacus' accountant, the target the run stated
     assert data["rows"][0]["throughput_vs_plain"] == 0
@@ -31,3 +31,18 @@ def test_baselines_rejects_unknown_methods_and_bad_sizes(tmp_path):
         run_baselines(epochs=0, out_dir=tmp_path)
     with pytest.raises(ValueError, match="epsilon"):
         run_baselines(epsilon=0, out_dir=tmp_path)
+
+
+def test_throughput_is_measured_interleaved_against_plain():
+    def burn(units):
+        def step():
+            x = 0
+            for i in range(200_000 * units):
+                x += i
+            return 10
+        return step
+
+    out = measure_throughput({"plain": burn(1), "twice": burn(2)}, rounds=3, steps=2)
+    assert out["plain"]["vs_plain"] == 0
+    assert -0.65 < out["twice"]["vs_plain"] < -0.35  # twice the CPU per image: about half the rate
+    assert out["plain"]["images_per_cpu_s"] > out["twice"]["images_per_cpu_s"]

@@ -108,6 +108,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     bl.add_argument("--dp-epsilon", type=float, default=8.0, help="DP-SGD target epsilon (default 8)")
     bl.add_argument("--sigma", type=float, default=0.1, help="noise: std as a fraction of the range (default 0.1)")
     bl.add_argument("--instahide-k", type=int, default=4, help="InstaHide: images mixed per encoding (default 4)")
+    bl.add_argument("--throughput-rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
+    bl.add_argument("--throughput-steps", type=int, default=8, help="training steps per method per round (default 8)")
     bl.add_argument("--seed", type=int, default=0)
     bl.add_argument("-o", "--output", default="results")
     bl.add_argument("--quiet", action="store_true")
@@ -264,7 +266,8 @@ def run_baselines_cmd(args: argparse.Namespace) -> int:
     data = run_baselines(dataset=args.dataset, models=args.models or MODELS, methods=args.methods or METHODS,
                          limit=args.limit, test_limit=args.test_limit, epochs=args.epochs,
                          batch_size=args.batch_size, epsilon=args.dp_epsilon, sigma=args.sigma,
-                         instahide_k=args.instahide_k, seed=args.seed, out_dir=args.output,
+                         instahide_k=args.instahide_k, seed=args.seed, throughput_rounds=args.throughput_rounds,
+                         throughput_steps=args.throughput_steps, out_dir=args.output,
                          progress=not args.quiet, log=_log)
     print(f"\n{data['wall_s']:.0f} s wall, {data['cpu_s']:.0f} s CPU; wrote " + ", ".join(data["files"]))
     return 0
