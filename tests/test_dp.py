@@ -179,3 +179,32 @@ def test_train_dp_refuses_ddp(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["train", *COMMON, "--dp", "--noise-multiplier", "1", "-o", str(tmp_path / "m.pt")]) == 2
     assert "torchrun/DDP" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v3_small", "resnet18"])
+def test_residual_blocks_that_add_in_place_train_privately(arch):
+    """torchvision's ``out += identity`` breaks Opacus' hooks; the fixed model adds out of place, same outputs."""
+    import copy
+
+    from torchvision.models import mobilenetv3, resnet
+
+    from keyveil.engine import build_model
+    from keyveil.engine.dp import make_dp_compatible
+
+    torch.manual_seed(0)
+    fixed = make_dp_compatible(build_model(arch, in_channels=1, num_classes=10, image_size=(32, 32))).eval()
+    originals = copy.deepcopy(fixed)
+    swapped = 0
+    for m in originals.modules():  # back to torchvision's own in-place classes
+        for base in (resnet.BasicBlock, resnet.Bottleneck, mobilenetv3.InvertedResidual):
+            if isinstance(m, base) and type(m) is not base:
+                m.__class__, swapped = base, swapped + 1
+    assert swapped > 0
+    x = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fixed(x), originals(x), rtol=0, atol=0)
+    import opacus
+
+    model = opacus.GradSampleModule(fixed.train())
+    torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2])).backward()
+    assert all(p.grad_sample is not None for p in model.parameters() if p.requires_grad)
