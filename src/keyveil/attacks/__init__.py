@@ -33,6 +33,7 @@ from .base import (
     register_attack,
 )
 from .ciphertext_only import CiphertextOnly
+from .instahide import InstaHideAttack
 from .inversion import LearnedInversion, UNet
 from .jigsaw import JigsawSolver, block_comparison
 from .membership import MembershipInference, auc, train_classifier
@@ -53,6 +54,7 @@ __all__ = [
     "ChosenPlaintext",
     "CiphertextOnly",
     "JigsawSolver",
+    "InstaHideAttack",
     "LearnedInversion",
     "UNet",
     "MembershipInference",

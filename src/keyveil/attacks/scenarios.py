@@ -78,6 +78,8 @@ def run_scenario(
     name = type(scheme).name
     if attack == "reidentify":
         return _reidentify(scheme, dataset, test_n, seed, opts)
+    if attack == "instahide":
+        return _instahide(scheme, dataset, test_n, seed, opts)
     test_x, test_y = _data.load(dataset, "test", test_n)
     if attack == "chosen-plaintext":
         opts.setdefault("nibbles", bool(getattr(scheme, "nibbles", False)))
@@ -218,8 +220,47 @@ def _reidentify(scheme: Scheme, dataset: str, shown: int, seed: int, opts: dict[
                     {"gallery": len(g), "probes": len(p), "people": int(gl.max()) + 1})
 
 
+def _instahide(scheme: Scheme, dataset: str, shown: int, seed: int, opts: dict[str, Any]) -> Scenario:
+    """Carlini et al.'s attack on InstaHide-encoded AT&T faces, seen over several training epochs.
+
+    The victim's private set is photos 6-10 of the 40 people (200 images), encoded ``epochs`` times
+    (default 10) in shuffled batches of ``batch_size`` (50), as training would; the attacker's public
+    images are photos 1-5 (its calibration data and its face recognizers' gallery). Options besides the
+    attack's: ``epochs``, ``batch_size``, ``recognizers``, ``cnn_epochs``.
+    """
+    from .instahide import InstaHideAttack, encode_epochs, reidentify_recovered
+    from .reidentify import face_split
+
+    if dataset != "orl":
+        raise AttackError(f"the instahide scenario uses faces with identities: use dataset 'orl', not {dataset!r}")
+    if type(scheme).name != "instahide":
+        raise AttackError(f"the instahide attack needs the instahide scheme, got {type(scheme).name!r}")
+    epochs, batch = int(opts.pop("epochs", 10)), int(opts.pop("batch_size", 50))
+    recognizers = tuple(opts.pop("recognizers", ("eigenfaces", "cnn")))
+    cnn_epochs = int(opts.pop("cnn_epochs", 40))
+    g, gl, p, pl = face_split()
+    enc, members = encode_epochs(scheme, p, epochs=epochs, batch_size=batch,
+                                 generator=torch.Generator().manual_seed(seed))
+    opts.setdefault("clusters", len(p))  # the private set's size, known to the attacker as in Carlini et al.
+    r = InstaHideAttack(seed=seed + 1, **opts).run(encodings=enc, members=members, private=p, public=g,
+                                                   scheme=scheme, batch_size=batch)
+    r.metrics.update(reidentify_recovered(r, gallery=g, gallery_labels=gl, private_labels=pl, encodings=enc,
+                                          members=members, recognizers=recognizers, cnn_epochs=cnn_epochs,
+                                          seed=seed))
+    dominant = torch.tensor(r.details["dominant"])
+    groups = r.details["groups"]
+    k = min(shown, len(groups))
+    originals = p[dominant[:k]]
+    shown_enc = ((enc[[grp[0] for grp in groups[:k]]].float() / 255) if enc.dtype == torch.uint8
+                 else (enc[[grp[0] for grp in groups[:k]]] + 1) / 2)
+    recovered = (r.reconstructions[:k] * 255).round().to(torch.uint8)
+    return Scenario("instahide", "instahide", dataset, r, originals, (shown_enc * 255).round().to(torch.uint8),
+                    recovered, {"private": len(p), "encodings": len(enc), "epochs": epochs,
+                                "public": len(g), "k": scheme.k})
+
+
 SCENARIOS = ("chosen-plaintext", "known-plaintext", "ciphertext-only", "jigsaw", "learned-inversion", "membership",
-             "key-from-model", "reidentify")
+             "key-from-model", "reidentify", "instahide")
 
 
 class _Identity(Scheme):
