@@ -257,6 +257,18 @@ def test_train_and_evaluate_detection_cli(tmp_path, capsys):
     assert "detection dataset" in capsys.readouterr().err
 
 
+def test_compare_detections_ignores_order_and_counts_misses():
+    from keyveil.experiments.detection import compare_detections
+
+    a = [{"boxes": torch.tensor([[0., 0., 5., 5.], [10., 10., 20., 20.]]), "scores": torch.tensor([0.9, 0.8]),
+          "labels": torch.tensor([1, 2])}]
+    swapped = [{k: v.flip(0) for k, v in a[0].items()}]
+    moved = [{**a[0], "boxes": a[0]["boxes"] + torch.tensor([[0.0], [0.01]])}]
+    assert compare_detections(a, swapped)["matched"] == 2 and compare_detections(a, swapped)["identical_images"] == 1
+    r = compare_detections(a, moved)
+    assert r["matched"] == 1 and r["identical_images"] == 0
+
+
 def test_detection_experiment_tiny(tmp_path):
     from keyveil.experiments.detection import run_detection
 
@@ -266,7 +278,8 @@ def test_detection_experiment_tiny(tmp_path):
     assert set(rows) >= {"plain", "keyed detector, with the key", "keyed detector, wrong key"}
     assert len(rows) == 5  # plain, mix, plain-on-pixel, keyed, wrong key
     same = rows["keyed detector, with the key"]["vs_plain_detector"]
-    assert same["identical_labels"] == 4 and same["max_box_diff_px"] <= 1e-3
+    assert same["identical_images"] == 4 and same["matched"] == same["detections"] == same["detections_other"]
+    assert same["max_box_diff_px"] <= 1e-3 and rows["keyed detector, with the key"]["dense_max_diff"] < 1e-4
     assert rows["keyed detector, with the key"]["metrics"]["map"] == rows["plain"]["metrics"]["map"]
     for f in data["files"]:
         assert (tmp_path / f.split("/")[-1]).is_file()

@@ -123,8 +123,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     dt.add_argument("--lr", type=float, default=2e-3)
     dt.add_argument("--mode", default="features", choices=("input", "features", "deformable"),
                     help="keyed detector mode (default features)")
-    dt.add_argument("--schemes", nargs="+", choices=("visualmixer", "visualmixer-frontier", "mix"),
-                    help="trained encrypted rows (default all three)")
+    dt.add_argument("--schemes", nargs="*", choices=("visualmixer", "visualmixer-frontier", "mix"),
+                    help="trained encrypted rows (default all three; none given: only plain and the keyed rows)")
     dt.add_argument("--frontier-json", default="results/frontier/frontier.json",
                     help="the frontier results the privacy column is read from")
     dt.add_argument("--seed", type=int, default=0)
@@ -278,7 +278,7 @@ def run_detection_cmd(args: argparse.Namespace) -> int:
 
     data = run_detection(train_count=args.train_count, test_count=args.test_count, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, mode=args.mode,
-                         schemes=tuple(args.schemes) if args.schemes else None, frontier_json=args.frontier_json,
+                         schemes=None if args.schemes is None else tuple(args.schemes), frontier_json=args.frontier_json,
                          seed=args.seed, out_dir=args.output, progress=not args.quiet, log=_log)
     print(f"\n{data['wall_s']:.0f} s wall, {data['cpu_s']:.0f} s CPU; wrote " + ", ".join(data["files"]))
     return 0
