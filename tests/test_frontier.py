@@ -52,3 +52,18 @@ def test_frontier_sweep_on_a_tiny_subset(tmp_path):
 def test_pareto_front():
     assert pareto_front([(0, 0.9), (1, 0.5), (2, 0.6), (3, 0.1), (3, 0.05)]) == [0, 1, 4]
     assert pareto_front([]) == []
+
+
+def test_frontier_noise_and_instahide_points(tmp_path):
+    points = [p for p in POINTS if (p.scheme, p.label) in {("noise", "sigma 0.1"), ("instahide", "k=2")}]
+    attack = Reidentify(variants=("glance", "adapted"), cnn_epochs=2, components=8)
+    data = run_frontier(points=points, epochs=1, limit=200, test_limit=100, dataset="mnist5k", faces=_tiny_faces(),
+                        attack=attack, out_dir=tmp_path, progress=False)
+    rows = {r["scheme"]: r for r in data["rows"]}
+    assert list(rows) == ["plain", "noise", "instahide"]
+    assert rows["noise"]["options_fashion"] == {"sigma": 0.1}
+    insta = rows["instahide"]
+    assert set(insta["reid"]) == {"glance", "adapted", "instahide-attack"}
+    assert insta["worst_top1"] == max(insta["reid"].values()) and 0 <= insta["worst_top1"] <= 1
+    assert 0 < insta["accuracy"] <= 1  # trained on mixed batches with mixed labels
+    assert "re-id instahide-attack" in (tmp_path / "frontier.md").read_text()

@@ -10,6 +10,13 @@ re-identification attack (:class:`keyveil.attacks.Reidentify`) on AT&T faces
 variant that applies, the worst of them, and the SSIM of the learned
 inversion's reconstructions.
 
+``noise`` (σ) and ``instahide`` (k) have no spatial strength. InstaHide is
+trained on mixed batches with mixed labels and tested on test images encoded
+with partners from the test set, as ``keyveil experiment baselines`` does; its
+privacy adds the attack made for it (Carlini et al., variant
+``instahide-attack``: the faces recovered from 10 epochs of encodings,
+re-identified; SECURITY.md, "instahide") to the re-identification variants.
+
 Strength is given relative to the image's longer side, so one setting means
 the same on 32×32 and on 112×92: a window of ``1/4`` is 8 px on Fashion-MNIST
 and 28 px on faces.
@@ -101,6 +108,10 @@ POINTS: tuple[Point, ...] = (
     Point("mix", "patches 1/4, 2x2 sub-patches", 1 / 4, _mix(1 / 4, 2)),
     Point("mix", "patches 1/4, 4x4 sub-patches", 1 / 4, _mix(1 / 4, 4)),
     Point("mix", "patches 1/2, 4x4 sub-patches", 1 / 2, _mix(1 / 2, 4)),
+    Point("noise", "sigma 0.1", None, lambda side: {"sigma": 0.1}),
+    Point("noise", "sigma 0.25", None, lambda side: {"sigma": 0.25}),
+    Point("instahide", "k=2", None, lambda side: {"k": 2}),
+    Point("instahide", "k=4", None, lambda side: {"k": 4}),
 )
 """The default sweep (``keyveil experiment frontier``)."""
 
@@ -148,6 +159,14 @@ def _utility(point: Point, key: Key, train: ImageDataset, test: ImageDataset, *,
         return EncryptedDataset(ds, s, randomness="fresh")
 
     out: dict[str, Any] = {}
+    if point.scheme == "instahide":  # trained on mixed batches with mixed labels, as `experiment baselines`
+        from .baselines import _instahide_accuracy, _instahide_train
+
+        seed_everything(seed)
+        model, arch = _model(point, scheme, train)
+        _instahide_train(model, scheme, train, epochs=epochs, batch_size=batch_size, seed=seed, progress=progress)
+        out.update(accuracy=_instahide_accuracy(model, scheme, test), model=arch, trained=model)
+        return out
     if pixel is not None and trained_on is None and plain_model is not None:
         model, arch = plain_model, "smallcnn"  # the plain model, converted with the key: no retraining
         seed_everything(seed)
@@ -187,7 +206,11 @@ def _privacy(point: Point, key: Key, faces: tuple[torch.Tensor, ...], attack: Re
         parts = k.split("/")
         if len(parts) == 3 and parts[2] == "top1":
             variants[parts[0]] = max(variants.get(parts[0], 0.0), v)
-    out = {"reid": variants, "worst_top1": r.metrics["worst_top1"], "worst_top5": r.metrics["worst_top5"],
+    worst = r.metrics["worst_top1"]
+    if point.scheme == "instahide":  # the attack made for it: Carlini et al. on 10 epochs of encodings
+        variants["instahide-attack"] = _instahide_reid(scheme, faces, attack)
+        worst = max(worst, variants["instahide-attack"])
+    out = {"reid": variants, "worst_top1": worst, "worst_top5": r.metrics["worst_top5"],
            "worst_top1_no_oracle": _worst_without_oracle(scheme is not None and scheme.key is not None, variants),
            "chance": r.metrics["chance"], "best_view": r.details.get("best_view", {}),
            "not_applicable": r.details["not_applicable"], "options_faces": {} if scheme is None else
@@ -195,6 +218,20 @@ def _privacy(point: Point, key: Key, faces: tuple[torch.Tensor, ...], attack: Re
     if r.reconstructions is not None:
         out["inversion_ssim"] = float(ssim(p, r.reconstructions).mean())
     return out
+
+
+def _instahide_reid(scheme: Scheme, faces: tuple[torch.Tensor, ...], attack: Reidentify) -> float:
+    """Top-1 re-identification of the faces Carlini et al.'s attack recovers (SECURITY.md, "instahide")."""
+    from ..attacks.instahide import InstaHideAttack, encode_epochs, reidentify_recovered
+
+    g, gl, p, pl = faces
+    seed = attack.seed
+    enc, members = encode_epochs(scheme, p, epochs=10, batch_size=50, generator=torch.Generator().manual_seed(seed))
+    r = InstaHideAttack(clusters=len(p), seed=seed + 1).run(encodings=enc, members=members, private=p, public=g,
+                                                            scheme=scheme)
+    return reidentify_recovered(r, gallery=g, gallery_labels=gl, private_labels=pl, encodings=enc, members=members,
+                                recognizers=attack.recognizers, cnn_epochs=attack.cnn_epochs,
+                                seed=seed)["reid_recovered_top1"]
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -358,7 +395,7 @@ def run_frontier(
 def frontier_markdown(data: dict[str, Any]) -> str:
     """The Markdown report of a frontier run, from its JSON ``data`` (what ``frontier.json`` holds)."""
     rows, recipe, chance = data["rows"], data["recipe"], data["chance"]
-    variants = ("glance", "adapted", "inverted", "key-recovery")
+    variants = ("glance", "adapted", "inverted", "key-recovery", "instahide-attack")
     table = markdown_table(
         ["#", "scheme", "setting", "Fashion-MNIST options", "faces options", "model", "accuracy (%)", "keyed model (%)",
          "drop (points)", *[f"re-id {v} (%)" for v in variants], "worst re-id top-1 (%)",
