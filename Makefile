@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_PINS)
-	$(BIN)/pip install --quiet -e '.[data,experiments,privacy,federated,detection,dev]' $(TORCH_PINS)
+	$(BIN)/pip install --quiet -e '.[data,experiments,privacy,federated,detection,timm,dev]' $(TORCH_PINS)
 	touch $(STAMP)
 
 # Fashion-MNIST ships as a Debian package; install it when we are root and apt exists.

@@ -1,7 +1,11 @@
 """Keyed-model latency: keyed / plain forward time, measured side by side in one run.
 
 For VGG16-BN at 32×32 (batch 64), ResNet-50 at 224×224 (batch 8) and
-ViT-B/16 at 224×224 (batch 4), random weights, eval mode, ``torch.no_grad``:
+ViT-B/16 at 224×224 (batch 4) by default, and on request (``--cases``) the
+modern families: torchvision ConvNeXt-tiny, timm models (``timm/NAME``,
+built with ``timm.create_model``) and the segmentation models FCN-ResNet50
+and LR-ASPP-MobileNetV3 (dict output ``{"out": map}``, un-scrambled at the
+end); random weights, eval mode, ``torch.no_grad``:
 plain and keyed forwards run in back-to-back pairs (``--reps`` pairs, the
 order alternating), and the table shows the median of the per-pair ratios
 (robust to the load of a shared machine drifting between pairs) and the ratio
@@ -12,6 +16,8 @@ the default format only), and the conversion time of
 
     .venv/bin/python benchmarks/bench_keyed.py
     .venv/bin/python benchmarks/bench_keyed.py --cases vgg16_bn --reps 7
+    .venv/bin/python benchmarks/bench_keyed.py --cases convnext_tiny --modes features --reps 21
+    .venv/bin/python benchmarks/bench_keyed.py --cases timm/resnet18 fcn_resnet50 --reps 7
 """
 
 from __future__ import annotations
@@ -29,11 +35,31 @@ import torchvision
 from keyveil import Key
 from keyveil.models import keyed
 
+ALL_MODES = ("input", "features", "deformable")
 CASES = {
-    "vgg16_bn": dict(size=32, batch=64, modes=("input", "features", "deformable")),
-    "resnet50": dict(size=224, batch=8, modes=("input", "features", "deformable")),
+    "vgg16_bn": dict(size=32, batch=64, modes=ALL_MODES),
+    "resnet50": dict(size=224, batch=8, modes=ALL_MODES),
     "vit_b_16": dict(size=224, batch=4, modes=("vit",), formats=("contiguous",)),
+    "convnext_tiny": dict(size=224, batch=4, modes=ALL_MODES),
+    "timm/resnet18": dict(size=224, batch=8, modes=ALL_MODES),
+    "timm/efficientnet_b0": dict(size=224, batch=8, modes=ALL_MODES),
+    "timm/convnext_atto": dict(size=224, batch=8, modes=ALL_MODES),
+    "timm/mobilenetv3_large_100": dict(size=224, batch=8, modes=ALL_MODES),
+    "fcn_resnet50": dict(size=224, batch=1, modes=ALL_MODES),
+    "lraspp_mobilenet_v3_large": dict(size=224, batch=4, modes=ALL_MODES),
 }
+DEFAULT_CASES = ["vgg16_bn", "resnet50", "vit_b_16"]
+
+
+def build(arch: str) -> torch.nn.Module:
+    """The plain model of a case, random weights (nothing is downloaded)."""
+    if arch.startswith("timm/"):
+        import timm
+
+        return timm.create_model(arch[len("timm/"):])
+    if arch in ("fcn_resnet50", "lraspp_mobilenet_v3_large"):
+        return torchvision.models.get_model(arch, weights=None, weights_backbone=None)
+    return torchvision.models.get_model(arch)
 
 
 def _time(f, x) -> float:
@@ -57,20 +83,21 @@ def convert_time(model, key, mode: str, size: int, *, check: bool, reps: int = 3
 def main() -> None:
     warnings.simplefilter("ignore")
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--cases", nargs="+", default=list(CASES))
+    ap.add_argument("--cases", nargs="+", default=DEFAULT_CASES, choices=list(CASES))
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--formats", nargs="+", default=["channels_last", "contiguous"])
     ap.add_argument("--modes", nargs="+", default=None, help="only these modes (default: all of each case)")
+    ap.add_argument("--batch", type=int, default=None, help="batch size for every case (default: each case's)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     key = Key.from_seed(0)
     rows = []
     for arch in args.cases:
         case = CASES[arch]
-        size, batch = case["size"], case["batch"]
+        size, batch = case["size"], args.batch or case["batch"]
         torch.manual_seed(0)
-        base = torchvision.models.get_model(arch).eval()
+        base = build(arch).eval()
         for mode in [m for m in case["modes"] if args.modes is None or m in args.modes]:
             conv_check = convert_time(base, key, mode, size, check=True)
             conv_nocheck = convert_time(base, key, mode, size, check=False)
@@ -97,7 +124,7 @@ def main() -> None:
                 ratio_min = min(tk) / min(tp)
                 rows.append((arch, size, batch, mode, fmt, mp * 1e3, mk * 1e3, ratio, ratio_min, conv_check,
                              conv_nocheck))
-                print(f"{arch:9s} {size:3d}px B={batch:<3d} {mode:10s} {fmt:13s} plain {mp * 1e3:8.1f} ms  "
+                print(f"{arch:26s} {size:3d}px B={batch:<3d} {mode:10s} {fmt:13s} plain {mp * 1e3:8.1f} ms  "
                       f"keyed {mk * 1e3:8.1f} ms  ratio {ratio:5.3f} (min/min {ratio_min:5.3f})  "
                       f"convert {conv_check:.2f} s (no check {conv_nocheck:.2f} s)", flush=True)
     print()

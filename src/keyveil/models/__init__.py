@@ -1,9 +1,10 @@
 """Key-aware models: plain models that run on encrypted images (DESIGN.md §4).
 
 * :func:`keyed` — a plain CNN (``pixel`` scheme; modes ``input``,
-  ``features``, ``deformable``) or torchvision ViT (``vit`` block scheme)
-  converted with the key: same logits on encrypted images as the plain model
-  on plain ones, useless without the key.
+  ``features``, ``deformable``; torchvision and timm classifiers incl.
+  ConvNeXt, and segmentation-style models that return maps) or torchvision
+  ViT (``vit`` block scheme) converted with the key: same outputs on
+  encrypted images as the plain model on plain ones, useless without the key.
 * :func:`validate` — every operation a CNN conversion cannot carry, in one list.
 * :func:`patch_invariant_vit`, :func:`mix_invariant_vit` — Hao et al.'s models,
   invariant to the per-image ``patch`` and ``mix`` schemes (no key needed).

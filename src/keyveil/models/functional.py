@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 __all__ = [
     "permute_positions",
@@ -36,6 +35,8 @@ __all__ = [
     "gather_conv2d",
     "gather_pool2d",
     "pool_divisor",
+    "linear_taps",
+    "gather_linear2d",
 ]
 
 
@@ -285,16 +286,83 @@ def pool_divisor(
 ) -> torch.Tensor:
     """PyTorch's divisor for every (scrambled) output window of an ``AvgPool2d``.
 
-    Found by pooling a map of ones: the result is ``count / divisor``, with
-    ``count`` the number of taps inside the map, so padding, ceil mode and
+    Found by pooling a map of ones with ``pool`` itself: the result is
+    ``count / divisor``, with ``count`` the number of taps inside the map, so
+    padding (timm's dynamic SAME padding too), ceil mode and
     ``divisor_override`` are all honoured.
     """
     ones = torch.ones(1, 1, *in_hw, dtype=torch.float64)
-    ratio = F.avg_pool2d(
-        ones, pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode, pool.count_include_pad,
-        pool.divisor_override,
-    ).flatten()
+    ratio = pool(ones).flatten()  # the module itself: timm's SAME-padded pools pad their own way
     if out_perm is not None:
         ratio = ratio[out_perm.cpu()]
     div = torch.where(ratio > 0, count.double() / ratio.clamp_min(1e-300), 1.0).round()
     return div.float()[:, None]
+
+
+def linear_taps(
+    op, in_hw: tuple[int, int], out_hw: tuple[int, int], *, chunk: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The taps and weights of a spatial op that is linear and the same for every channel (a resize).
+
+    ``op`` maps ``(1, n, H, W)`` to ``(1, n, Hout, Wout)`` channel by channel
+    (``F.interpolate`` with fixed arguments, ``nn.Upsample``); it is probed
+    in float64 with one-hot maps, ``chunk`` input positions at a time, so
+    every mode (nearest, bilinear, bicubic, area, antialiasing) is read off
+    the operator itself.
+
+    Returns:
+        ``taps`` ``(Hout*Wout, K)`` int64 (input positions, ``H*W`` = no tap)
+        and ``weights`` ``(Hout*Wout, K)`` float64, in plain (unscrambled)
+        order: ``op(x)[o] = sum_k weights[o, k] * x[taps[o, k]]``.
+    """
+    h, w = in_hw
+    q = out_hw[0] * out_hw[1]
+    src, dst, val = [], [], []
+    for start in range(0, h * w, chunk):
+        n = min(chunk, h * w - start)
+        probe = torch.zeros(1, n, h * w, dtype=torch.float64)
+        probe[0, torch.arange(n), start + torch.arange(n)] = 1.0
+        out = op(probe.view(1, n, h, w))
+        if tuple(out.shape[-2:]) != tuple(out_hw):
+            raise ValueError(f"the resize gives {tuple(out.shape[-2:])} maps on its probe, expected {out_hw}")
+        res = out.reshape(n, q)
+        i, o = res.nonzero(as_tuple=True)
+        src.append(i + start)
+        dst.append(o)
+        val.append(res[i, o])
+    src_t, dst_t, val_t = torch.cat(src), torch.cat(dst), torch.cat(val)
+    order = torch.argsort(dst_t, stable=True)
+    src_t, dst_t, val_t = src_t[order], dst_t[order], val_t[order]
+    counts = torch.bincount(dst_t, minlength=q)
+    k = max(1, int(counts.max()))
+    slot = torch.arange(dst_t.numel()) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    taps = torch.full((q, k), h * w, dtype=torch.long)
+    weights = torch.zeros(q, k, dtype=torch.float64)
+    taps[dst_t, slot] = src_t
+    weights[dst_t, slot] = val_t
+    return taps, weights
+
+
+def gather_linear2d(
+    x: torch.Tensor, taps: torch.Tensor, weights: torch.Tensor, *, out_hw: tuple[int, int],
+    chunk_rows: int = 1 << 22,
+) -> torch.Tensor:
+    """``y[b, c, q] = sum_k weights[q, k] * x[b, c, taps[q, k]]``: a resize read by index.
+
+    Shape:
+        x: ``(B, C, H, W)``; taps, weights: ``(Hout*Wout, K)`` (a tap equal to
+        ``H*W`` reads 0); returns a channels-last ``(B, C, Hout, Wout)``.
+    """
+    b, c, h, w = x.shape
+    q, k = taps.shape
+    rows = _padded_rows(x, 0.0)
+    index = batch_rows_index(taps, b, h * w, pad=b * h * w)
+    wts = weights.to(x.dtype).unsqueeze(-1)  # (Q, K, 1)
+    out = x.new_empty(b * q, c)
+    step = max(1, chunk_rows // max(1, k * c))  # output rows per chunk
+    for start in range(0, b * q, step):
+        stop = min(b * q, start + step)
+        cols = rows.index_select(0, index[start * k: stop * k]).view(stop - start, k, c)
+        cell = torch.arange(start, stop, device=x.device) % q
+        out[start:stop] = (cols * wts[cell]).sum(1)
+    return _from_rows(out, b, *out_hw)

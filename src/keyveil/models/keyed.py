@@ -148,8 +148,15 @@ def keyed(
 
     Args:
         model: a plain CNN (any ``torch.fx``-traceable CNN whose spatial
-            operators are ``Conv2d`` and max/avg/adaptive pooling) or a
-            torchvision ``VisionTransformer``.
+            operators are ``Conv2d`` and max/avg/adaptive pooling: torchvision's
+            classifiers incl. ConvNeXt, whose channels-last permutes,
+            LayerNorm over channels and ``Linear`` layers act position-wise;
+            timm models, with timm's SAME-padded convs/pools,
+            ``BatchNormAct2d`` and ``SelectAdaptivePool2d``), a model that
+            returns maps (segmentation-style, e.g. torchvision
+            ``fcn_resnet50``: its resizes are keyed and the maps it returns,
+            also inside dicts, are un-scrambled at the end), or a torchvision
+            ``VisionTransformer``.
         key: the secret key the images are encrypted with.
         scheme: ``"pixel"`` (CNNs) or ``"vit"`` (a ViT; the block preset with
             block size = the ViT's patch size), or a scheme instance made with
@@ -186,7 +193,9 @@ def keyed(
 
     Raises:
         UnsupportedModelError: the model has operations that cannot run on
-            scrambled maps; all of them are listed.
+            scrambled maps (e.g. Swin's window attention, ``torch.roll``,
+            padding, a resize inside a classifier); all of them are listed
+            with their module paths. ``mode="input"`` works for any model.
         KeyedModelError: bad arguments (scheme, size, mode).
 
     Notes:
@@ -266,6 +275,17 @@ def _normalize(x: torch.Tensor, mean: Sequence[float] | None, std: Sequence[floa
     return (x - m.view(1, -1, 1, 1)) / s.view(1, -1, 1, 1)
 
 
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors of a model's output (a tensor, or dicts / lists / tuples of them), in order."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
 def self_check(
     plain: nn.Module, keyed_model: nn.Module, scheme: Scheme, cfg: KeyedConfig, *, batch: int = 1,
     seed: int = 0,
@@ -290,7 +310,10 @@ def self_check(
     finally:
         for m, t in modes:
             m.train(t)
-    refs, outs = (ref, out) if isinstance(ref, (tuple, list)) else ((ref,), (out,))
+    refs, outs = _tensors(ref), _tensors(out)
+    if len(refs) != len(outs):
+        raise SelfCheckError(f"self-check failed: the keyed model returns {len(outs)} tensors, the plain model "
+                             f"{len(refs)}; mode='input' is always exact")
     worst = 0.0
     for r, o in zip(refs, outs):
         if not isinstance(r, torch.Tensor):
@@ -339,7 +362,7 @@ def validate(
     p = next(model.parameters(), None)
     example = torch.zeros(1, c, h, w, device=p.device if p is not None else "cpu")
     propagate_shapes(gm, example)
-    problems = analyze(gm, mode=mode).problems
+    problems = analyze(gm, mode=mode, unscramble_outputs=True).problems
     if strict and problems:
         from .errors import UnsupportedModelError
 

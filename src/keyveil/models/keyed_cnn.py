@@ -10,12 +10,17 @@ Three modes:
   so the maps are channels-last from the first gather on; a strided
   1×1 conv (ResNet shortcut) reads its input positions with one gather; 1×1 stride-1 unpadded convs,
   BatchNorm, activations, residual additions and channel concatenations act
-  position-wise and are left alone; a ``Linear`` fed by a flattened map gets
-  the permutation folded into its columns.
+  position-wise and are left alone (so do ConvNeXt's channels-last
+  LayerNorm and ``Linear`` layers); a ``Linear`` fed by a flattened map gets
+  the permutation folded into its columns; a resize in a model that returns
+  maps is wrapped like a convolution, and every map the model returns is
+  un-scrambled once at the end.
 * ``deformable``: PrivDL's operator. Every convolution reads the scrambled
   input at precomputed integer offsets and writes the scrambled output
   (:class:`~keyveil.models.layers.DeformableConv2d`), pools gather their taps
-  by index; no feature map is ever un-scrambled.
+  by index, resizes gather theirs with weights
+  (:class:`~keyveil.models.layers.DeformableResize`); no feature map is ever
+  un-scrambled, except the maps the model returns.
 """
 
 from __future__ import annotations
@@ -33,11 +38,13 @@ from .errors import UnsupportedModelError
 from .layers import (
     DeformableConv2d,
     DeformablePool2d,
+    DeformableResize,
     FoldedLinear,
     KeyMaterial,
     PositionPermutation,
     StridedPointwiseConv2d,
 )
+from .library_layers import is_plain_forward, start_padding
 
 __all__ = ["feature_permutation", "keyed_cnn", "InputUnscrambled", "PositionFlip", "unflip_input", "CNN_MODES"]
 
@@ -153,7 +160,7 @@ def keyed_cnn(
         return out
     gm = trace(model)
     propagate_shapes(gm, torch.zeros(1, c, h, w, device=device, dtype=dtype))
-    result = analyze(gm, mode=mode)
+    result = analyze(gm, mode=mode, unscramble_outputs=True)
     if result.problems:
         raise UnsupportedModelError(
             f"{type(model).__name__} cannot run on scrambled feature maps in mode {mode!r} "
@@ -187,14 +194,26 @@ def _rewrite(gm: fx.GraphModule, result: Analysis, *, mode: str, perm, kernel: s
         else:
             _set_module(gm, node.target, module)
 
+    scrambled_of: dict[fx.Node, fx.Node] = {}  # features mode: a spatial node -> its scrambled output
+
+    def swap(node: fx.Node, module: nn.Module, src: fx.Node) -> None:
+        """Replace a call_function node by a call of ``module`` on ``src``."""
+        name = new_name(str(node.name))
+        gm.add_submodule(name, module)
+        with graph.inserting_after(node):
+            new = graph.call_module(name, (src,))
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+
     for node in result.spatial:
         src = node.args[0]
         in_lay, out_lay = result.layouts.get(src), result.layouts.get(node)
         in_shape, out_shape = _shape(src), _shape(node)
         in_hw, out_hw = (in_shape[2], in_shape[3]), (out_shape[2], out_shape[3])
-        module = gm.get_submodule(node.target)
+        module = gm.get_submodule(node.target) if node.op == "call_module" else None
         if mode == "features" and isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and (
-            module.padding == (0, 0)
+            is_plain_forward(module) and start_padding(module, in_hw) == (0, 0)
         ):  # strided 1x1 conv: one gather straight from the scrambled input to the scrambled output
             in_perm = perm(*in_hw) if in_lay is not None else None
             out_perm = perm(*out_hw) if out_lay is not None else None
@@ -220,15 +239,55 @@ def _rewrite(gm: fx.GraphModule, result: Analysis, *, mode: str, perm, kernel: s
                 s.meta = dict(node.meta)
                 result.layouts[s] = out_lay
                 node.replace_all_uses_with(s, delete_user_cb=lambda user, s=s: user is not s)
+                scrambled_of[node] = s
             continue
         in_perm = perm(*in_hw) if in_lay is not None else None
         out_perm = perm(*out_hw) if out_lay is not None else None
+        if module is None or isinstance(module, nn.Upsample):  # a resize: F.interpolate or nn.Upsample
+            new = DeformableResize(module if module is not None else _fixed_resize(node, out_hw), in_hw=in_hw,
+                                   out_hw=out_hw, in_perm=in_perm, out_perm=out_perm,
+                                   name=type(module).__name__ if module is not None else "interpolate")
+            if module is None:
+                swap(node, new.to(device), src)
+            else:
+                place(node, new.to(device))
+            continue
         if isinstance(module, nn.Conv2d):
             new = DeformableConv2d(module, in_hw=in_hw, out_hw=out_hw, in_perm=in_perm, out_perm=out_perm,
-                                   kernel=kernel)
+                                   kernel=kernel, padding=start_padding(module, in_hw))
         else:
-            new = DeformablePool2d(module, in_hw=in_hw, out_hw=out_hw, in_perm=in_perm, out_perm=out_perm)
+            pad = None if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) else \
+                start_padding(module, in_hw)
+            new = DeformablePool2d(module, in_hw=in_hw, out_hw=out_hw, in_perm=in_perm, out_perm=out_perm,
+                                   padding=pad)
         place(node, new.to(device))
     for node in result.folds:
         lay = result.layouts[node.args[0]]
         place(node, FoldedLinear.fold(gm.get_submodule(node.target), perm(lay.h, lay.w), lay.flat))
+    out_node = next((n for n in graph.nodes if n.op == "output"), None)
+    for node in result.outputs:  # a map the model returns: un-scrambled once, at the end
+        lay = result.layouts[node]
+        name = new_name("output_unscramble")
+        gm.add_submodule(name, PositionPermutation(invert_permutation(perm(lay.h, lay.w)), (lay.h, lay.w),
+                                                      keep_format=False).to(device))
+        value = scrambled_of.get(node, node)
+        with graph.inserting_before(out_node):
+            u = graph.call_module(name, (value,))
+        u.meta = dict(node.meta)
+        out_node.replace_input_with(value, u)
+
+
+def _fixed_resize(node: fx.Node, out_hw: tuple[int, int]):
+    """``F.interpolate``-like call of ``node`` as a function of its input alone (a computed size is fixed)."""
+    fn = node.target
+    args = list(node.args[1:])
+    kwargs = dict(node.kwargs)
+    if args and isinstance(args[0], fx.Node):
+        args[0] = tuple(out_hw)
+    if isinstance(kwargs.get("size"), fx.Node):
+        kwargs["size"] = tuple(out_hw)
+
+    def op(t: torch.Tensor) -> torch.Tensor:
+        return fn(t, *args, **kwargs)
+
+    return op

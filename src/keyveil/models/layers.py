@@ -18,7 +18,9 @@ from .functional import (
     adaptive_window,
     conv_window,
     gather_conv2d,
+    gather_linear2d,
     gather_pool2d,
+    linear_taps,
     permute_positions,
     pool_divisor,
     taps_to_offsets,
@@ -32,6 +34,7 @@ __all__ = [
     "StridedPointwiseConv2d",
     "DeformableConv2d",
     "DeformablePool2d",
+    "DeformableResize",
 ]
 
 
@@ -149,6 +152,23 @@ class StridedPointwiseConv2d(KeyMaterial, nn.Module):
         return f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, in_hw={self.in_hw}, out_hw={self.out_hw}"
 
 
+def _symmetric_padding(
+    in_hw: tuple[int, int], out_hw: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
+    start: tuple[int, int], dilation: tuple[int, int],
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """A symmetric padding for ``deform_conv2d`` that reads every tap, and the output grid it gives.
+
+    ``start`` when the padding is symmetric; for asymmetric ("same") padding
+    one more, whose grid may have one extra row or column (cropped after).
+    """
+    pads, grid = [], []
+    for n, o, k, s, p, d in zip(in_hw, out_hw, kernel, stride, start, dilation):
+        q = next(q for q in (p, p + 1) if (n + 2 * q - d * (k - 1) - 1) // s + 1 >= o)
+        pads.append(q)
+        grid.append((n + 2 * q - d * (k - 1) - 1) // s + 1)
+    return (pads[0], pads[1]), (grid[0], grid[1])
+
+
 class DeformableConv2d(KeyMaterial, nn.Module):
     """PrivDL's operator: a convolution that reads a scrambled map and writes a scrambled map.
 
@@ -172,6 +192,7 @@ class DeformableConv2d(KeyMaterial, nn.Module):
         in_perm: torch.Tensor | None,
         out_perm: torch.Tensor | None,
         kernel: str = "gather",
+        padding: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         if kernel not in ("gather", "deform_conv2d"):
@@ -180,15 +201,26 @@ class DeformableConv2d(KeyMaterial, nn.Module):
         self.bias = conv.bias
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size = _pair(conv.kernel_size)
-        self.stride, self.padding, self.dilation = _pair(conv.stride), _pair(conv.padding), _pair(conv.dilation)
+        self.stride, self.dilation = _pair(conv.stride), _pair(conv.dilation)
+        self.padding = _pair(conv.padding) if padding is None else _pair(padding)  # before the first row/column
         self.groups = conv.groups
         self.in_hw, self.out_hw = tuple(in_hw), tuple(out_hw)
         self.kernel = kernel
         rows = conv_window(in_hw[0], out_hw[0], self.kernel_size[0], self.stride[0], self.padding[0], self.dilation[0])
         cols = conv_window(in_hw[1], out_hw[1], self.kernel_size[1], self.stride[1], self.padding[1], self.dilation[1])
         taps = window_taps(rows, cols, self.in_hw, in_perm=in_perm, out_perm=out_perm)
-        offset = taps_to_offsets(taps, self.in_hw, self.out_hw, self.kernel_size, self.stride, self.padding,
-                                 self.dilation)
+        # deform_conv2d pads symmetrically: with asymmetric padding it runs on a grid one row/column larger
+        # (offsets are relative to its sampling points, so the taps read are the same) and is cropped
+        self.dc_padding, self.dc_grid = _symmetric_padding(self.in_hw, self.out_hw, self.kernel_size, self.stride,
+                                                           self.padding, self.dilation)
+        grid_taps = taps
+        if self.dc_grid != self.out_hw:
+            q = torch.arange(out_hw[0] * out_hw[1])
+            cell = (q // out_hw[1]) * self.dc_grid[1] + q % out_hw[1]
+            grid_taps = torch.full((self.dc_grid[0] * self.dc_grid[1], taps.shape[1]), in_hw[0] * in_hw[1])
+            grid_taps[cell] = taps
+        offset = taps_to_offsets(grid_taps, self.in_hw, self.dc_grid, self.kernel_size, self.stride,
+                                 self.dc_padding, self.dilation)
         device = conv.weight.device
         self.register_buffer("taps", taps.to(device))
         self.register_buffer("offset", offset.to(device))
@@ -199,8 +231,9 @@ class DeformableConv2d(KeyMaterial, nn.Module):
             from torchvision.ops import deform_conv2d
 
             off = self.offset.expand(x.shape[0], -1, -1, -1)
-            return deform_conv2d(x, off.to(x.dtype), self.weight, self.bias, stride=self.stride,
-                                 padding=self.padding, dilation=self.dilation)
+            out = deform_conv2d(x, off.to(x.dtype), self.weight, self.bias, stride=self.stride,
+                                padding=self.dc_padding, dilation=self.dilation)
+            return out[..., : self.out_hw[0], : self.out_hw[1]]
         return gather_conv2d(x, self.taps, self.weight, self.bias, out_hw=self.out_hw, groups=self.groups)
 
     def extra_repr(self) -> str:
@@ -226,6 +259,7 @@ class DeformablePool2d(KeyMaterial, nn.Module):
         out_hw: tuple[int, int],
         in_perm: torch.Tensor | None,
         out_perm: torch.Tensor | None,
+        padding: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         self.in_hw, self.out_hw = tuple(in_hw), tuple(out_hw)
@@ -234,7 +268,8 @@ class DeformablePool2d(KeyMaterial, nn.Module):
             rows = adaptive_window(in_hw[0], out_hw[0])
             cols = adaptive_window(in_hw[1], out_hw[1])
         else:
-            k, s, p = _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size), _pair(pool.padding)
+            k, s = _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size)
+            p = _pair(pool.padding) if padding is None else _pair(padding)  # before the first row/column
             d = _pair(getattr(pool, "dilation", 1))
             rows = conv_window(in_hw[0], out_hw[0], k[0], s[0], p[0], d[0])
             cols = conv_window(in_hw[1], out_hw[1], k[1], s[1], p[1], d[1])
@@ -256,3 +291,46 @@ class DeformablePool2d(KeyMaterial, nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.pool_type}, reduce={self.reduce!r}, in_hw={self.in_hw}, out_hw={self.out_hw}"
+
+
+class DeformableResize(KeyMaterial, nn.Module):
+    """A resize (``F.interpolate`` / ``nn.Upsample``) from a scrambled map to a scrambled (or plain) map.
+
+    A resize is a fixed linear map of positions, the same for every
+    channel: each output cell is a weighted sum of a few input cells (4 for
+    bilinear). Its taps and weights are read off the operator once
+    (:func:`~keyveil.models.functional.linear_taps`), then re-indexed for the
+    input's and output's permutations, so no map is un-scrambled.
+
+    Args:
+        op: the resize with its arguments fixed, ``(1, n, H, W) -> (1, n, Hout, Wout)``.
+        in_hw, out_hw: the map sizes.
+        in_perm, out_perm: the permutations of the input and output (``None``: plain order).
+    """
+
+    key_buffers = ("taps", "weights")
+
+    def __init__(
+        self, op, *, in_hw: tuple[int, int], out_hw: tuple[int, int], in_perm: torch.Tensor | None,
+        out_perm: torch.Tensor | None, name: str = "resize",
+    ) -> None:
+        super().__init__()
+        self.in_hw, self.out_hw, self.name = tuple(in_hw), tuple(out_hw), name
+        taps, weights = linear_taps(op, self.in_hw, self.out_hw)
+        n = in_hw[0] * in_hw[1]
+        if out_perm is not None:  # scrambled output cell q is plain cell out_perm[q]
+            taps, weights = taps[out_perm.cpu()], weights[out_perm.cpu()]
+        if in_perm is not None:  # plain input position p is stored at inv[p]
+            inv = torch.empty(n + 1, dtype=torch.long)
+            inv[in_perm.cpu()] = torch.arange(n)
+            inv[n] = n
+            taps = inv[taps]
+        self.register_buffer("taps", taps)
+        self.register_buffer("weights", weights.float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_hw(x, self.in_hw, f"DeformableResize({self.name})")
+        return gather_linear2d(x, self.taps, self.weights, out_hw=self.out_hw)
+
+    def extra_repr(self) -> str:
+        return f"{self.name}, in_hw={self.in_hw}, out_hw={self.out_hw}, taps={self.taps.shape[1]}"
