@@ -32,3 +32,38 @@ def test_security_report_quick_section(tmp_path):
     assert "keyveil security-report --only chosen-plaintext" in text
     assert "| pixel | cifar | 100.0 % of the key | 2 crafted images (3×32×32)" in text
     assert len(list((tmp_path / "pics").glob("security-*.png"))) >= 8
+
+
+def test_security_report_reuses_the_rows_a_previous_report_has(tmp_path, monkeypatch, capsys):
+    import dataclasses
+
+    import keyveil.attacks.report as report
+
+    md = tmp_path / "SECURITY.md"
+    assert main(["security-report", "--quick", "--only", "chosen-plaintext", "--pictures", str(tmp_path / "pics"),
+                 "-o", str(md)]) == 0
+    first = md.read_text()
+    rows = report.parse_report(first)
+    assert len(rows) >= 9 and {r.section for r in rows} == {"chosen-plaintext"}
+    assert all(r.picture.startswith(str(tmp_path / "pics")) for r in rows)  # each row finds its own picture
+    assert len({r.picture for r in rows}) == len(rows)
+
+    def must_not_run(*a, **k):
+        raise AssertionError("a reused row was measured again")
+
+    monkeypatch.setattr(report, "run_scenario", must_not_run)
+    again, again_rows = report.security_report(sections=("chosen-plaintext",), quick=True, pictures=None,
+                                               reuse=rows)
+    assert [dataclasses.astuple(r) for r in again_rows] == [dataclasses.astuple(r) for r in rows]
+    tables = lambda text: [line for line in text.splitlines() if line.startswith("| ")]  # noqa: E731
+    assert tables(again) == tables(first)
+    assert f"0 of the {len(rows)} rows by the latest run" in again and "--reuse SECURITY.md" in again
+    empty = tmp_path / "empty.md"
+    empty.write_text("# not a report\n")
+    for bad, message in ((tmp_path / "missing.md", "cannot read --reuse"), (empty, "holds no report rows")):
+        try:
+            main(["security-report", "--only", "chosen-plaintext", "--reuse", str(bad)])
+        except SystemExit as e:
+            assert message in str(e)
+        else:
+            raise AssertionError("a bad --reuse file was accepted")

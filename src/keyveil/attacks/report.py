@@ -101,12 +101,24 @@ def _verdict(section: str, m: dict[str, float]) -> str:
 
 
 class _Runner:
-    def __init__(self, pictures: Path | None, key: Key, quick: bool, log: Callable[[str], None]) -> None:
+    def __init__(self, pictures: Path | None, key: Key, quick: bool, log: Callable[[str], None],
+                 reuse: list[Row] | None = None) -> None:
         self.pictures, self.key, self.quick, self.log = pictures, key, quick, log
         self.rows: list[Row] = []
+        self.reused = 0
+        self._pool: dict[tuple[str, str, str], list[Row]] = {}
+        for row in reuse or []:
+            self._pool.setdefault((row.section, row.scheme, row.dataset), []).append(row)
 
     def run(self, section: str, scheme_name: str, dataset: str, figure: Callable[[dict[str, float]], str],
-            data: str, *, scheme: Any = None, label: str | None = None, **kw: Any) -> Scenario:
+            data: str, *, scheme: Any = None, label: str | None = None, **kw: Any) -> Scenario | None:
+        pool = self._pool.get((section, label or scheme_name, dataset))
+        if pool:  # the n-th run of this (section, scheme, data set) takes the previous report's n-th row
+            row = pool.pop(0)
+            self.rows.append(row)
+            self.reused += 1
+            self.log(f"{section:17s} {row.scheme:22s} {dataset:13s} {row.figure}  [reused from the previous report]")
+            return None
         scheme = scheme if scheme is not None else make_scheme(scheme_name, dataset, self.key)
         t0 = time.process_time()
         sc = run_scenario(section, scheme, dataset, **kw)
@@ -253,7 +265,7 @@ _RUNNERS = {"reidentify": _reidentify, "chosen-plaintext": _chosen, "known-plain
 
 def security_report(
     *, sections: tuple[str, ...] = SECTIONS, pictures: Path | None = Path("results"), quick: bool = False,
-    seed: int = 0, log: Callable[[str], None] = lambda s: None,
+    seed: int = 0, log: Callable[[str], None] = lambda s: None, reuse: list[Row] | None = None,
 ) -> tuple[str, list[Row]]:
     """Run the attacks of ``sections`` and return (markdown, rows).
 
@@ -263,6 +275,8 @@ def security_report(
         quick: small sizes (for tests); figures are then not the published ones.
         seed: seed of the victims' key (``Key.from_seed``) and of training.
         log: called with one line per measured row.
+        reuse: rows of a previous report (:func:`parse_report`); a run whose (section, scheme, data set)
+            has one is not measured again but takes that row (the report says how many were reused).
     """
     import warnings
 
@@ -275,25 +289,63 @@ def security_report(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InsecureKeyWarning)
         key = Key.from_seed(seed)
-    runner = _Runner(pictures, key, quick, log)
+    runner = _Runner(pictures, key, quick, log, reuse)
     t0, c0 = time.perf_counter(), time.process_time()
     for s in sections:
         _RUNNERS[s](runner)
     total = (time.perf_counter() - t0, time.process_time() - c0)
-    return _markdown(runner.rows, sections, quick, total), runner.rows
+    return _markdown(runner.rows, sections, quick, total, reused=runner.reused), runner.rows
+
+
+def parse_report(text: str) -> list[Row]:
+    """The measured rows of a report that :func:`security_report` wrote (for ``reuse``)."""
+    rows: list[Row] = []
+    section: str | None = None
+    pictures: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        m = re.match(r"## (\S+) — `keyveil security-report --only (\S+)`", line)
+        if m and m.group(1) == m.group(2):
+            section = m.group(1)
+            continue
+        if line.startswith("## "):
+            section = None
+        if section is None:
+            continue
+        if line.startswith("Pictures: "):
+            pictures[section] = re.findall(r"`([^`]+)`", line)
+        elif line.startswith("| ") and not line.startswith("| scheme |"):
+            cells = [c.strip() for c in line.strip()[1:-1].split(" | ")]
+            if len(cells) == 6:
+                name, dataset, figure, data, cpu, verdict = cells
+                rows.append(Row(section, name, dataset, figure, data, float(cpu), verdict))
+    for row in rows:  # a picture's name starts with its row's section, scheme and data set, in row order
+        tag = re.sub(r"[^A-Za-z0-9_-]+", "-", f"{row.section}-{row.scheme}-{row.dataset}").strip("-")
+        pool = pictures.get(row.section, [])
+        hit = next((q for q in pool if Path(q).name.startswith(f"security-{tag}")), "")
+        if hit:
+            pool.remove(hit)
+            row.picture = hit
+    return rows
 
 
 _COMMAND = "keyveil security-report --output SECURITY.md"
 
 
-def _markdown(rows: list[Row], sections: tuple[str, ...], quick: bool, total: tuple[float, float]) -> str:
+def _markdown(rows: list[Row], sections: tuple[str, ...], quick: bool, total: tuple[float, float],
+              reused: int = 0) -> str:
     out = [
         "# SECURITY — what each keyveil scheme protects against, measured",
         "",
         "<!-- generated by `keyveil security-report`; edit keyveil/attacks/report.py, not this file -->",
         "",
-        f"Every figure below was printed by `{_COMMAND}` (one run, "
-        f"{total[0] / 60:.1f} min wall, {total[1] / 60:.1f} min CPU, torch threads: {torch.get_num_threads()}, "
+        (f"Every figure below was printed by `{_COMMAND}` (one run, "
+         f"{total[0] / 60:.1f} min wall, {total[1] / 60:.1f} min CPU, " if not reused else
+         f"Every figure below was printed by `{_COMMAND}`: {len(rows) - reused} of the {len(rows)} rows by "
+         f"the latest run (`{_COMMAND} --reuse SECURITY.md`, {total[0] / 60:.1f} min wall, "
+         f"{total[1] / 60:.1f} min CPU), which measured only the rows the previous report lacked and took the "
+         f"other {reused} from it (their attack CPU seconds are that run's; "
+         "`keyveil security-report --output SECURITY.md` alone measures every row again; ")
+        + f"torch threads: {torch.get_num_threads()}, "
         f"{platform.machine()}, torch {torch.__version__}). One section alone: "
         "`keyveil security-report --only SECTION` (the command is in each section's heading). "
         "Pictures (originals / encrypted / recovered) are written to `results/security-*.png` by the same "

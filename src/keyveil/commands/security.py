@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-pictures", action="store_true", help="write no PNGs")
     p.add_argument("--quick", action="store_true", help="small sizes for a smoke test (not the published figures)")
     p.add_argument("--seed", type=int, default=0, help="seed of the victim key and of training (default 0)")
+    p.add_argument("--reuse", metavar="REPORT",
+                   help="a previous report (e.g. SECURITY.md): its rows are kept and only the rows it lacks are "
+                        "measured (new schemes or attacks); the report says how many rows were reused")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: the small training batches run faster on one thread)")
     p.set_defaults(func=run)
@@ -29,12 +32,23 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     sections = tuple(args.only) if args.only else SECTIONS
+    reuse = None
+    if args.reuse:
+        from ..attacks.report import parse_report
+
+        try:
+            reuse = parse_report(Path(args.reuse).read_text(encoding="utf-8"))
+        except OSError as e:
+            raise SystemExit(f"keyveil security-report: cannot read --reuse {args.reuse}: {e.strerror}") from e
+        if not reuse:
+            raise SystemExit(f"keyveil security-report: --reuse {args.reuse} holds no report rows; give a file "
+                             "written by `keyveil security-report --output`")
     pictures = None if args.no_pictures else Path(args.pictures)
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, args.threads))
     try:
         md, _ = security_report(sections=sections, pictures=pictures, quick=args.quick, seed=args.seed,
-                                log=lambda line: print(line, flush=True))
+                                log=lambda line: print(line, flush=True), reuse=reuse)
     finally:
         torch.set_num_threads(before)
     if args.output:
