@@ -89,6 +89,7 @@ def main() -> None:
     ap.add_argument("--formats", nargs="+", default=["channels_last", "contiguous"])
     ap.add_argument("--modes", nargs="+", default=None, help="only these modes (default: all of each case)")
     ap.add_argument("--batch", type=int, default=None, help="batch size for every case (default: each case's)")
+    ap.add_argument("--convert-reps", type=int, default=3, help="keyed() calls timed per conversion column")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     key = Key.from_seed(0)
@@ -99,8 +100,8 @@ def main() -> None:
         torch.manual_seed(0)
         base = build(arch).eval()
         for mode in [m for m in case["modes"] if args.modes is None or m in args.modes]:
-            conv_check = convert_time(base, key, mode, size, check=True)
-            conv_nocheck = convert_time(base, key, mode, size, check=False)
+            conv_check = convert_time(base, key, mode, size, check=True, reps=args.convert_reps)
+            conv_nocheck = convert_time(base, key, mode, size, check=False, reps=args.convert_reps)
             for fmt in case.get("formats", args.formats):
                 memory_format = getattr(torch, fmt if fmt == "channels_last" else "contiguous_format")
                 plain = copy.deepcopy(base).to(memory_format=memory_format)
