@@ -58,4 +58,8 @@ def run(args: argparse.Namespace) -> int:
           "attacker variant (chance 2.5 %; SECURITY.md, 'reidentify'); for keyed schemes the worst attacker holds "
           "an encryption oracle, the figure without one is in brackets. Accuracy cost: RESULTS.md.")
     print(VISUALMIXER_TRADEOFF)
+    print("noise and instahide are the obfuscations VisualMixer compares against, not ciphers: instahide's float "
+          "encodings lie in [-1, 1] (uint8: 128 is 0) and fall to Carlini et al.'s attack once a server sees each "
+          "image in several encodings, as training epochs show it (SECURITY.md, 'instahide'); train on them with "
+          "scheme.encrypt_with_labels(images, one_hot_labels).")
     return 0
