@@ -1,7 +1,8 @@
 """What the schemes' defaults were measured to hide: face re-identification and accuracy cost.
 
 Figures printed by ``keyveil experiment frontier`` (RESULTS.md, "Privacy–utility
-frontier") and ``keyveil security-report`` (SECURITY.md, "reidentify"): AT&T
+frontier") and ``keyveil security-report`` (SECURITY.md, "reidentify"; for
+``instahide``, "instahide"): AT&T
 faces 112×92, gallery photos 1–5 of 40 people, probes 6–10, chance 2.5 %;
 accuracy drop of the small-CNN recipe on Fashion-MNIST (10,000 training images,
 2 epochs). ``keyveil schemes`` prints them; a figure here changes only when
@@ -25,6 +26,8 @@ DEFAULT_REIDENTIFICATION: dict[str, str] = {
     "mix": "89.5 % (glance, adapted)",
     "visualmixer": "16.0 % (inverted; glance 9.5 %); costs 54 accuracy points",
     "visualmixer-seed": "93.0 % (glance, adapted) = plain photos",
+    "noise": "92.0 % (glance; plain photos 93.0 %)",
+    "instahide": "49.5 % (faces recovered by Carlini et al.'s attack from 10 epochs of encodings; encodings 3.3 %)",
 }
 """Scheme name -> the default's measured worst-case re-identification (top-1), in words."""
 
