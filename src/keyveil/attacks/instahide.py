@@ -162,7 +162,7 @@ class InstaHideAttack(Attack):
         >>> import torch
         >>> from keyveil import schemes
         >>> gen = torch.Generator().manual_seed(0)
-        >>> private = torch.rand(6, 1, 16, 16, generator=gen)
+        >>> private = 0.55 + 0.45 * torch.rand(6, 1, 16, 16, generator=gen)  # bright: |2v - 1| not folded
         >>> s = schemes.create("instahide", k=2)
         >>> enc, members = encode_epochs(s, private, epochs=8, batch_size=6, generator=gen)
         >>> r = InstaHideAttack(neighbors=4, clusters=6).run(encodings=enc, members=members, private=private)
