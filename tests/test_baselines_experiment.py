@@ -46,3 +46,15 @@ def test_throughput_is_measured_interleaved_against_plain():
     assert out["plain"]["vs_plain"] == 0
     assert -0.65 < out["twice"]["vs_plain"] < -0.35  # twice the CPU per image: about half the rate
     assert out["plain"]["images_per_cpu_s"] > out["twice"]["images_per_cpu_s"]
+
+
+def test_soft_cross_entropy_is_torchs_cross_entropy_with_probabilities():
+    import torch
+    import torch.nn.functional as F
+
+    from keyveil.experiments.baselines import soft_cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    logits, soft = torch.randn(5, 4, generator=g), torch.rand(5, 4, generator=g)
+    soft = soft / soft.sum(1, keepdim=True)
+    torch.testing.assert_close(soft_cross_entropy(logits, soft), F.cross_entropy(logits, soft))

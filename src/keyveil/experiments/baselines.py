@@ -40,11 +40,15 @@ MODELS = ("smallcnn", "mobilenet_v3_small", "shufflenet_v2_x0_5")
 PAPER_THROUGHPUT = {"dp-sgd": "−68…−91 %", "visualmixer-seed": "−0.8 %"}
 
 
-def _instahide_train(model: nn.Module, scheme: Any, train, *, epochs: int, batch_size: int, seed: int,
-                     progress: bool) -> dict[str, float]:
+def soft_cross_entropy(logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against mixed (soft) labels, the loss InstaHide trains with."""
+    return torch.sum(-soft * F.log_softmax(logits, 1), 1).mean()
+
+
+def train_instahide(model: nn.Module, scheme: Any, train, *, epochs: int, batch_size: int, seed: int,
+                    progress: bool) -> None:
     """Train on InstaHide encodings of each batch with the labels mixed the same way (soft cross-entropy)."""
     opt = make_optimizer("adam", model.parameters())
-    n, seconds = 0, 0.0
     k = train.num_classes
     for epoch in range(epochs):
         model.train()
@@ -54,19 +58,15 @@ def _instahide_train(model: nn.Module, scheme: Any, train, *, epochs: int, batch
 
             loader = tqdm(loader, desc=f"instahide {epoch + 1}/{epochs}", leave=False, unit="batch")
         for images, labels in loader:
-            start = time.perf_counter()
             x, soft = scheme.encrypt_with_labels(images, F.one_hot(labels, k).float())
-            loss = torch.sum(-soft * F.log_softmax(model(to_input(x, "cpu")), 1), 1).mean()
+            loss = soft_cross_entropy(model(to_input(x, "cpu")), soft)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            seconds += time.perf_counter() - start
-            n += labels.shape[0]
-    return {"images_per_s": n / max(seconds, 1e-9)}
 
 
 @torch.no_grad()
-def _instahide_accuracy(model: nn.Module, scheme: Any, test, *, batch_size: int = 500) -> float:
+def instahide_accuracy(model: nn.Module, scheme: Any, test, *, batch_size: int = 500) -> float:
     """Accuracy on test images encoded with partners from the test set: the mixed label's top class."""
     model.eval()
     correct, n = 0, 0
@@ -132,13 +132,13 @@ def run_baselines(
                     r = fit_private(model, train, privacy=PrivacyConfig(target_epsilon=epsilon), test_set=test,
                                     epochs=epochs, batch_size=batch_size, optimizer="adam", progress=progress,
                                     device="cpu")
-                    acc, rate = r.history[-1]["test_accuracy"], _mean_rate(r.history)
+                    acc = r.history[-1]["test_accuracy"]
                     extra = {"epsilon": r.privacy["epsilon"], "delta": r.privacy["delta"]}
                 elif method == "instahide":
                     scheme = create("instahide", key, k=instahide_k)
-                    rate = _instahide_train(model, scheme, train, epochs=epochs, batch_size=batch_size, seed=seed,
-                                            progress=progress)["images_per_s"]
-                    acc = _instahide_accuracy(model, scheme, test)
+                    train_instahide(model, scheme, train, epochs=epochs, batch_size=batch_size, seed=seed,
+                                    progress=progress)
+                    acc = instahide_accuracy(model, scheme, test)
                 else:
                     scheme = None if method == "plain" else (create("noise", key, sigma=sigma) if method == "noise"
                                                              else create(method, key))
@@ -147,11 +147,11 @@ def run_baselines(
                                                                       nonce_offset=TEST_NONCE_OFFSET)
                     r = fit(model, tr, epochs=epochs, batch_size=batch_size, seed=seed, progress=progress,
                             device="cpu")
-                    acc, rate = evaluate(r.model, te).accuracy, _mean_rate(r.history)
+                    acc = evaluate(r.model, te).accuracy
             if method == "plain":
                 plain_acc = acc
             row = {"model": arch, "method": method, "accuracy": acc, "drop_points": 100 * (plain_acc - acc),
-                   "train_images_per_s_wall": rate, "cpu_s": t.cpu, **extra}
+                   "cpu_s": t.cpu, **extra}
             rows.append(row)
             log(f"  {arch:<20} {method:<17} {100 * acc:6.2f} %  ({t.cpu:.0f} s CPU)")
         t = Timer()
@@ -212,7 +212,7 @@ def _stepper(method: str, arch: str, kw: dict[str, Any], train, key: Key, *, bat
         images, labels = next(batches)
         if scheme is not None:
             images, soft = scheme.encrypt_with_labels(images, F.one_hot(labels, train.num_classes).float())
-            loss = torch.sum(-soft * F.log_softmax(model(to_input(images, "cpu")), 1), 1).mean()
+            loss = soft_cross_entropy(model(to_input(images, "cpu")), soft)
         else:
             logits = model(to_input(images, "cpu"))
             loss = F.cross_entropy(logits, labels) if labels.numel() else logits.sum()
@@ -247,10 +247,6 @@ def measure_throughput(steppers: dict[str, Callable[[], int]], *, rounds: int = 
         out[method] = {"images_per_cpu_s": statistics.median(rs), "vs_plain": statistics.median(rel),
                        "rounds": rounds, "steps": steps}
     return out
-
-
-def _mean_rate(history: list[dict[str, Any]]) -> float:
-    return sum(h["images_per_s"] for h in history) / len(history)
 
 
 def _markdown(rows: list[dict[str, Any]], *, dataset: str, train: int, test: int, epochs: int, batch_size: int,

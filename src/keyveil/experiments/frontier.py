@@ -160,12 +160,12 @@ def _utility(point: Point, key: Key, train: ImageDataset, test: ImageDataset, *,
 
     out: dict[str, Any] = {}
     if point.scheme == "instahide":  # trained on mixed batches with mixed labels, as `experiment baselines`
-        from .baselines import _instahide_accuracy, _instahide_train
+        from .baselines import instahide_accuracy, train_instahide
 
         seed_everything(seed)
         model, arch = _model(point, scheme, train)
-        _instahide_train(model, scheme, train, epochs=epochs, batch_size=batch_size, seed=seed, progress=progress)
-        out.update(accuracy=_instahide_accuracy(model, scheme, test), model=arch, trained=model)
+        train_instahide(model, scheme, train, epochs=epochs, batch_size=batch_size, seed=seed, progress=progress)
+        out.update(accuracy=instahide_accuracy(model, scheme, test), model=arch, trained=model)
         return out
     if pixel is not None and trained_on is None and plain_model is not None:
         model, arch = plain_model, "smallcnn"  # the plain model, converted with the key: no retraining
