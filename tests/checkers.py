@@ -72,3 +72,13 @@ def check_scheme(scheme: Scheme, x: torch.Tensor, **kw) -> torch.Tensor:
         else:
             raise AssertionError("decrypt of a non-invertible scheme must raise NotInvertibleError")
     return y
+
+
+def scramble(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """Slow reference: y[..., k] = x[..., perm[k]] with a Python loop over positions."""
+    b, c, h, w = x.shape
+    flat = x.reshape(b, c, h * w)
+    out = torch.empty_like(flat)
+    for k in range(h * w):
+        out[:, :, k] = flat[:, :, int(perm[k])]
+    return out.view(b, c, h, w)

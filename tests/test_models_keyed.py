@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from checkers import scramble
 from torch import nn
 from torchvision.ops import deform_conv2d
 
@@ -31,16 +32,6 @@ from keyveil.models.layers import (
 
 KEY, OTHER = Key.from_seed(11), Key.from_seed(12)
 MODES = ("input", "features", "deformable")
-
-
-def scramble(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    """Slow reference: y[..., k] = x[..., perm[k]] with a Python loop over positions."""
-    b, c, h, w = x.shape
-    flat = x.reshape(b, c, h * w)
-    out = torch.empty_like(flat)
-    for k in range(h * w):
-        out[:, :, k] = flat[:, :, int(perm[k])]
-    return out.view(b, c, h, w)
 
 
 def slow_taps(in_hw, out_hw, k, s, p, d, in_perm, out_perm):

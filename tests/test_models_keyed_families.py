@@ -15,6 +15,7 @@ import timm
 import torch
 import torch.nn.functional as F
 import torchvision
+from checkers import scramble
 from timm.layers import BatchNormAct2d, Conv2dSame, SelectAdaptivePool2d
 from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
 from torch import nn
@@ -27,16 +28,6 @@ from keyveil.models.layers import DeformableConv2d, DeformablePool2d, Deformable
 KEY, OTHER = Key.from_seed(21), Key.from_seed(22)
 MODES = ("input", "features", "deformable")
 SIZES = [(40, 56), (48, 36)]  # two non-square sizes
-
-
-def scramble(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    """Slow reference: y[..., k] = x[..., perm[k]] with a Python loop over positions."""
-    b, c, h, w = x.shape
-    flat = x.reshape(b, c, h * w)
-    out = torch.empty_like(flat)
-    for k in range(h * w):
-        out[:, :, k] = flat[:, :, int(perm[k])]
-    return out.view(b, c, h, w)
 
 
 def wake(model: nn.Module, hw: tuple[int, int], *, seed: int = 0, heads: int = 1) -> nn.Module:
