@@ -20,10 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--test-limit", type=int, help="test images (default: all)")
     a.add_argument("--mode", default="features", choices=("input", "features", "deformable"),
                    help="keyed model mode (default features)")
-    a.add_argument("--batch-size", type=int, default=128)
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("-o", "--output", default="results")
-    a.add_argument("--quiet", action="store_true")
+    _run_options(a, batch_size=128)
     a.set_defaults(func=run_privdl_cmd)
     b = inner.add_parser("schemes", help="accuracy of the same recipe on every scheme, drop vs plain")
     b.add_argument("--datasets", nargs="+", choices=list_datasets(),
@@ -47,10 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="epochs for every dataset, or per dataset (default: fashion-mnist=2 att-faces=25)")
     b.add_argument("--limit", type=int, help="training images per dataset (default: fashion-mnist 10000, "
                    "others all)")
-    b.add_argument("--batch-size", type=int, default=64)
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("-o", "--output", default="results")
-    b.add_argument("--quiet", action="store_true")
+    _run_options(b, batch_size=64)
     b.set_defaults(func=run_schemes_cmd)
     f = inner.add_parser("frontier", help="privacy (face re-identification) vs accuracy for every scheme's strength")
     f.add_argument("--schemes", nargs="+", help="only the points of these schemes (default: all; plain is kept)")
@@ -74,10 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--student-epochs", type=int, default=2)
     d.add_argument("--temperature", type=float, default=4.0)
     d.add_argument("--alpha", type=float, default=0.9, help="weight of the distillation term (default 0.9)")
-    d.add_argument("--batch-size", type=int, default=64)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("-o", "--output", default="results")
-    d.add_argument("--quiet", action="store_true")
+    _run_options(d, batch_size=64)
     d.set_defaults(func=run_distill_cmd)
     fl = inner.add_parser("federated", help="federated averaging (Flower FedAvg) on plain and encrypted client shards")
     fl.add_argument("--dataset", choices=list_datasets(), help="default fashion-mnist, else mnist5k")
@@ -89,10 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     fl.add_argument("--no-centralized", action="store_true", help="skip the centralized baseline")
     fl.add_argument("--limit", type=int, default=8000, help="training images over all clients (default 8000)")
     fl.add_argument("--test-limit", type=int, help="test images (default: all)")
-    fl.add_argument("--batch-size", type=int, default=64)
-    fl.add_argument("--seed", type=int, default=0)
-    fl.add_argument("-o", "--output", default="results")
-    fl.add_argument("--quiet", action="store_true")
+    _run_options(fl, batch_size=64)
     fl.set_defaults(func=run_federated_cmd)
     bl = inner.add_parser("baselines", help="plain / VisualMixer / DP-SGD / noise / InstaHide: accuracy and "
                                             "training throughput for several architectures")
@@ -152,6 +140,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     op.set_defaults(func=run_optimizers_cmd)
 
 
+def _run_options(p: argparse.ArgumentParser, *, batch_size: int) -> None:
+    """The options every training experiment takes: batch size, seed, output folder, --quiet."""
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", default="results")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _print_done(data: dict) -> None:
+    print(f"\n{data['wall_s']:.0f} s wall, {data['cpu_s']:.0f} s CPU; wrote " + ", ".join(data["files"]))
+
+
 def _log(s: str) -> None:
     print(s, flush=True)
 
@@ -163,7 +163,7 @@ def run_privdl_cmd(args: argparse.Namespace) -> int:
                       finetune_epochs=args.finetune_epochs, batch_size=args.batch_size, limit=args.limit,
                       test_limit=args.test_limit, mode=args.mode, seed=args.seed, out_dir=args.output,
                       progress=not args.quiet, log=_log)
-    print(f"\n{data['wall_s']:.0f} s wall, {data['cpu_s']:.0f} s CPU; wrote " + ", ".join(data["files"]))
+    _print_done(data)
     return 0
 
 
@@ -188,7 +188,7 @@ def run_schemes_cmd(args: argparse.Namespace) -> int:
                        epochs=epochs,
                        limit=args.limit, batch_size=args.batch_size, seed=args.seed, out_dir=args.output,
                        progress=not args.quiet, log=_log)
-    print(f"\n{data['wall_s']:.0f} s wall, {data['cpu_s']:.0f} s CPU; wrote " + ", ".join(data["files"]))
+    _print_done(data)
     return 0
 
 
@@ -234,7 +234,7 @@ def run_frontier_cmd(args: argparse.Namespace) -> int:
     data = run_frontier(points=points, epochs=args.epochs, limit=args.limit, test_limit=args.test_limit,
                         batch_size=args.batch_size, seed=args.seed, out_dir=args.output, resume=args.resume,
                         progress=not args.quiet, log=_log)
-    print(f"\n{data['wall_s']:.0f} s wall, {data['cpu_s']:.0f} s CPU; wrote " + ", ".join(data["files"]))
+    _print_done(data)
     return 0
 
 
@@ -245,7 +245,7 @@ def run_distill_cmd(args: argparse.Namespace) -> int:
                        teacher_epochs=args.teacher_epochs, student_epochs=args.student_epochs,
                        batch_size=args.batch_size, temperature=args.temperature, alpha=args.alpha, seed=args.seed,
                        out_dir=args.output, progress=not args.quiet, log=_log)
-    print(f"\n{data['wall_s']:.0f} s wall, {data['cpu_s']:.0f} s CPU; wrote " + ", ".join(data["files"]))
+    _print_done(data)
     return 0
 
 
@@ -256,7 +256,7 @@ def run_federated_cmd(args: argparse.Namespace) -> int:
                          local_epochs=args.local_epochs, schemes=args.schemes, centralized=not args.no_centralized,
                          limit=args.limit, test_limit=args.test_limit, batch_size=args.batch_size, seed=args.seed,
                          out_dir=args.output, progress=not args.quiet, log=_log)
-    print(f"\n{data['wall_s']:.0f} s wall, {data['cpu_s']:.0f} s CPU; wrote " + ", ".join(data["files"]))
+    _print_done(data)
     return 0
 
 
@@ -269,7 +269,7 @@ def run_baselines_cmd(args: argparse.Namespace) -> int:
                          instahide_k=args.instahide_k, seed=args.seed, throughput_rounds=args.throughput_rounds,
                          throughput_steps=args.throughput_steps, out_dir=args.output,
                          progress=not args.quiet, log=_log)
-    print(f"\n{data['wall_s']:.0f} s wall, {data['cpu_s']:.0f} s CPU; wrote " + ", ".join(data["files"]))
+    _print_done(data)
     return 0
 
 
@@ -280,7 +280,7 @@ def run_detection_cmd(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size, lr=args.lr, mode=args.mode,
                          schemes=None if args.schemes is None else tuple(args.schemes), frontier_json=args.frontier_json,
                          seed=args.seed, out_dir=args.output, progress=not args.quiet, log=_log)
-    print(f"\n{data['wall_s']:.0f} s wall, {data['cpu_s']:.0f} s CPU; wrote " + ", ".join(data["files"]))
+    _print_done(data)
     return 0
 
 
@@ -298,5 +298,5 @@ def run_optimizers_cmd(args: argparse.Namespace) -> int:
                           seeds=args.seeds, epochs=args.epochs, limit=args.limit, val_limit=args.val_limit,
                           test_limit=args.test_limit, batch_size=args.batch_size, out_dir=args.output,
                           progress=not args.quiet, log=_log)
-    print(f"\n{data['wall_s']:.0f} s wall, {data['cpu_s']:.0f} s CPU; wrote " + ", ".join(data["files"]))
+    _print_done(data)
     return 0
