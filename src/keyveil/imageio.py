@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
+
+from .atomic import write_atomic
+from .errors import KeyveilError
 
 __all__ = ["IMAGE_SUFFIXES", "ImageFileError", "read_image", "write_png_atomic", "list_images"]
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"}
 
 
-class ImageFileError(ValueError):
+class ImageFileError(KeyveilError):
     """An image file cannot be used: unreadable, corrupt or of an unsupported kind."""
 
 
@@ -68,22 +68,12 @@ def read_image(path: Path, mode: str = "auto") -> torch.Tensor:
     return t[None] if t.dim() == 2 else t.permute(2, 0, 1).contiguous()
 
 
-def write_png_atomic(image: torch.Tensor, path: Path) -> None:
+def write_png_atomic(image: torch.Tensor, path: Path, *, pnginfo: PngInfo | None = None) -> None:
     """Write a uint8 ``(C,H,W)`` tensor as a lossless PNG: temp file, then rename.
 
     A crash leaves either the old file, or the complete new one, never half a file.
+    ``pnginfo`` adds text chunks (keyveil's ciphertext header).
     """
     arr = image.detach().cpu().numpy()
     arr = arr[0] if arr.shape[0] == 1 else np.ascontiguousarray(arr.transpose(1, 2, 0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".keyveil-tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            Image.fromarray(arr).save(fh, format="PNG")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda fh: Image.fromarray(arr).save(fh, format="PNG", pnginfo=pnginfo), overwrite=True)

@@ -30,6 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import write_atomic
+from .errors import KeyveilError
+
 __all__ = ["Key", "KeyFileError", "InsecureKeyWarning", "SECRET_BYTES"]
 
 SECRET_BYTES = 32
@@ -38,7 +41,7 @@ KEY_VERSION = 1
 _PASSPHRASE_SALT = b"keyveil/passphrase/v1"
 
 
-class KeyFileError(ValueError):
+class KeyFileError(KeyveilError):
     """A key file is missing, truncated, edited or not a keyveil key file."""
 
 
@@ -181,19 +184,14 @@ class Key:
         )
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-        """Write the key file with mode 0600; refuses to overwrite unless asked."""
+        """Write the key file with mode 0600, atomically; refuses to overwrite unless asked."""
         path = Path(path)
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
         try:
-            fd = os.open(path, flags, 0o600)
+            return write_atomic(path, self.to_json() + "\n", secret=True, overwrite=overwrite)
         except FileExistsError:
             raise FileExistsError(
                 f"{path} already exists; refusing to overwrite a key file (choose another path)"
             ) from None
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(self.to_json() + "\n")
-        os.chmod(path, 0o600)
-        return path
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Key:

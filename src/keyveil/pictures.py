@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .errors import KeyveilError
+
 __all__ = ["GridError", "MIN_CELL_HEIGHT", "auto_scale", "column_labels", "render_grid", "save_grid"]
 
 MIN_CELL_HEIGHT = 64
@@ -31,7 +33,7 @@ _ELLIPSIS = "…"
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 
-class GridError(ValueError):
+class GridError(KeyveilError):
     """The rows or labels given to :func:`render_grid` cannot be drawn as one grid."""
 
 

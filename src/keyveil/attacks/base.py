@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..errors import KeyveilError
 from ..schemes.functional import invert_permutation, join_nibbles, split_nibbles
 
 __all__ = [
@@ -32,7 +33,7 @@ __all__ = [
 ]
 
 
-class AttackError(ValueError):
+class AttackError(KeyveilError):
     """An attack was given inputs it cannot use (the message says what to pass)."""
 
 

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..errors import KeyveilError
 from .registry import Availability, DatasetSource, DatasetUnavailableError, create_dataset, register_dataset
 from .sources import FASHION_CLASSES
 
@@ -52,7 +53,7 @@ __all__ = ["DetectionDataset", "CanvasDetection", "CocoDetectionDataset", "Encry
 CANVAS_SIZE = 64
 
 
-class DetectionDataError(ValueError):
+class DetectionDataError(KeyveilError):
     """A detection dataset's files or annotations are missing or malformed; the message says what to do."""
 
 

@@ -8,17 +8,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..errors import KeyveilError
 from .base import ImageDataset
 
 __all__ = ["DatasetSource", "Availability", "DatasetUnavailableError", "UnknownDatasetError",
            "register_dataset", "create_dataset", "dataset_source", "list_datasets"]
 
 
-class UnknownDatasetError(ValueError):
+class UnknownDatasetError(KeyveilError):
     """No dataset is registered under that name."""
 
 
-class DatasetUnavailableError(ValueError):
+class DatasetUnavailableError(KeyveilError):
     """The dataset's files are not on this machine; the message says how to get them."""
 
 

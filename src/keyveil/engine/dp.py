@@ -37,6 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.models import mobilenetv3, resnet
 
+from ..errors import KeyveilError
 from .checkpoint import save_checkpoint
 from .distributed import init_distributed
 from .loop import FitResult, _bar, _cosine, evaluate, to_input
@@ -48,7 +49,7 @@ __all__ = ["PrivacyConfig", "PrivacyConfigError", "PrivateTraining", "PrivateFit
 INSTALL_HINT = "DP-SGD needs Opacus: pip install 'keyveil[privacy]' (or pip install opacus)"
 
 
-class PrivacyConfigError(ValueError):
+class PrivacyConfigError(KeyveilError):
     """DP-SGD options that do not make sense together (every problem listed, with what to do)."""
 
 

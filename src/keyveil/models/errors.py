@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..errors import KeyveilError
+
 __all__ = ["KeyedModelError", "UnsupportedModelError", "SelfCheckError", "UnsupportedOp"]
 
 
-class KeyedModelError(ValueError):
+class KeyedModelError(KeyveilError):
     """Base class of every error raised while making or loading a keyed model."""
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from ..errors import KeyveilError
+
 __all__ = ["SchemeError", "NotInvertibleError", "GeometryError", "UnknownSchemeError", "PrivacyWarning"]
 
 
-class SchemeError(ValueError):
+class SchemeError(KeyveilError):
     """Base class of every scheme error."""
 
 
