@@ -13,7 +13,7 @@ from checkers import check_scheme, random_images
 from PIL import Image
 
 from keyveil import Key, schemes
-from keyveil.schemes import NotInvertibleError, PrivacyWarning, SchemeError
+from keyveil.schemes import NotInvertibleError, SchemeError
 from keyveil.schemes.baselines import instahide_values
 
 
@@ -37,7 +37,12 @@ def test_contract(options, shape, dtype):
     name, kw = options
     if kw.get("public") == "tensor":
         kw = {**kw, "public": random_images((5, *shape[1:]), torch.uint8, seed=9)}
-    check_scheme(make(name, **kw), random_images(shape, dtype))
+    scheme = make(name, **kw)
+    if scheme.mixes_batch and shape[0] == 1:  # alone in its batch it would be mixed with itself
+        with pytest.raises(SchemeError, match="only the sign flip would remain"):
+            scheme.encrypt(random_images(shape, dtype))
+        return
+    check_scheme(scheme, random_images(shape, dtype))
 
 
 def test_instahide_with_public_images_only_is_strictly_per_image():
@@ -73,8 +78,8 @@ def test_decrypt_refuses_with_a_reason_and_pickles(name):
 def test_numpy_and_pil_images_keep_their_kind():
     arr = np.random.default_rng(0).integers(0, 256, (16, 24, 3), dtype=np.uint8)
     for name in ("noise", "instahide"):
-        s = schemes.create(name, public=torch.from_numpy(arr).permute(2, 0, 1)[None].repeat(3, 1, 1, 1)) \
-            if name == "instahide" else schemes.create(name)
+        s = schemes.create(name, public=torch.from_numpy(arr).permute(2, 0, 1)[None].repeat(3, 1, 1, 1),
+                           k_private=1) if name == "instahide" else schemes.create(name)
         y = s.encrypt(arr)
         assert isinstance(y, np.ndarray) and y.shape == arr.shape and y.dtype == np.uint8
         assert isinstance(s.encrypt(Image.fromarray(arr)), Image.Image)
@@ -175,11 +180,12 @@ def test_instahide_uint8_is_the_documented_mapping_of_the_float_encoding():
     assert yf.min() < -0.5 and yf.max() > 0.5  # float encodings span [-1, 1], not [0, 1]
 
 
-def test_instahide_batch_of_one_warns_that_only_the_sign_flip_remains():
+def test_instahide_batch_of_one_is_refused_since_only_the_sign_flip_would_remain():
     x = random_images((1, 3, 8, 8), torch.float32)
-    with pytest.warns(PrivacyWarning, match="only the sign flip"):
-        y = schemes.create("instahide").encrypt(x)
-    assert torch.allclose(y.abs(), (2 * x - 1).abs(), atol=1e-6)
+    with pytest.raises(SchemeError, match="only the sign flip would remain"):
+        schemes.create("instahide").encrypt(x)
+    pub = schemes.create("instahide", k=2, public=random_images((3, 3, 8, 8), torch.float32), k_private=1)
+    assert pub.encrypt(x).shape == x.shape  # public partners: a single image is fine
 
 
 # -- instahide: labels -------------------------------------------------------------------------------------------
@@ -255,7 +261,7 @@ def test_public_folder_and_keyveil_encrypt(tmp_path):
         Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(pub / f"p{i}.png")
         Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(src / f"x{i}.png")
     opts = parse_options([f"public='{pub}'", "k=3", "k_private=1"])
-    s = make("instahide", **opts)
+    s = schemes.create("instahide", **opts)  # keyless: a key would do nothing in a file job
     assert s.public.shape == (4, 3, 16, 16) and s.config["params"]["public"] == str(pub)
     report = process_tree(s, src, dst, progress=False)
     assert report.ok
@@ -263,4 +269,4 @@ def test_public_folder_and_keyveil_encrypt(tmp_path):
         x = torch.from_numpy(np.array(Image.open(src / f"x{i}.png"))).permute(2, 0, 1)
         y = torch.from_numpy(np.array(Image.open(dst / f"x{i}.png"))).permute(2, 0, 1)
         assert y.shape == x.shape and not torch.equal(x, y)
-    assert process_tree(make("noise", sigma=0.2), src, tmp_path / "noisy", progress=False).ok
+    assert process_tree(schemes.create("noise", sigma=0.2), src, tmp_path / "noisy", progress=False).ok

@@ -119,7 +119,7 @@ def test_bad_files_are_reported_and_the_rest_processed(tmp_path, capsys):
     assert code == 1
     assert "6 written" in err and "3 failed" in err
     assert "corrupt.png: cannot be read" in err
-    assert "alpha.png: has mode RGBA" in err
+    assert "alpha.png: has an alpha channel (mode RGBA)" in err
     assert "odd.png: image size 30x32 is not divisible by the block size 4" in err
     assert len(list((tmp_path / "enc").rglob("*.png"))) == 6
 
@@ -136,7 +136,8 @@ def test_never_writes_into_source_or_overwrites(tmp_path, capsys):
     assert main(["encrypt", "--scheme", "pixel", "--key", str(key), str(single), str(single), "--quiet"]) == 2
     out = tmp_path / "one.png"
     out.write_bytes(b"user data")
-    assert main(["encrypt", "--scheme", "pixel", "--key", str(key), str(single), str(out), "--quiet"]) == 0
+    assert main(["encrypt", "--scheme", "pixel", "--key", str(key), str(single), str(out), "--quiet"]) == 1
+    assert "already exists and is not a keyveil ciphertext" in capsys.readouterr().err
     assert out.read_bytes() == b"user data", "an existing output was overwritten without --overwrite"
     assert main(["encrypt", "--scheme", "pixel", "--key", str(key), str(single), str(out), "--quiet", "--overwrite"]) == 0
     assert out.read_bytes() != b"user data"
@@ -150,13 +151,15 @@ def test_decrypt_with_the_wrong_key_or_scheme_is_refused(tmp_path, capsys):
     Key.generate().save(k1)
     Key.generate().save(k2)
     assert main(["encrypt", "--scheme", "etc", "--key", str(k1), str(src), str(tmp_path / "enc"), "--quiet"]) == 0
-    assert main(["decrypt", "--scheme", "etc", "--key", str(k2), str(tmp_path / "enc"), str(tmp_path / "d"), "--quiet"]) == 2
-    assert "was encrypted with key" in capsys.readouterr().err
+    assert main(["decrypt", "--scheme", "etc", "--key", str(k2), str(tmp_path / "enc"), str(tmp_path / "d"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("was encrypted with key") == 2 and "0 written" in err
+    assert not list((tmp_path / "d").rglob("*.png"))
     assert main(["decrypt", "--scheme", "mix", str(tmp_path / "enc"), str(tmp_path / "d2"), "--quiet"]) == 2
     assert "cannot be recovered" in capsys.readouterr().err
 
 
-def test_per_image_scheme_with_key_is_reproducible_and_decryptable(tmp_path):
+def test_per_image_scheme_with_key_uses_fresh_nonces_and_decrypts(tmp_path):
     src = tmp_path / "src"
     paths = make_tree(src, 4)
     key = tmp_path / "k"
@@ -165,10 +168,12 @@ def test_per_image_scheme_with_key_is_reproducible_and_decryptable(tmp_path):
     assert main(["encrypt", *opts, str(src), str(tmp_path / "e1")]) == 0
     assert main(["encrypt", *opts, str(src), str(tmp_path / "e2")]) == 0
     assert main(["decrypt", *opts, str(tmp_path / "e1"), str(tmp_path / "d")]) == 0
+    same = 0
     for p in paths:
         rel = p.relative_to(src)
-        assert np.array_equal(pixels(tmp_path / "e1" / rel), pixels(tmp_path / "e2" / rel))
+        same += np.array_equal(pixels(tmp_path / "e1" / rel), pixels(tmp_path / "e2" / rel))
         assert np.array_equal(pixels(tmp_path / "d" / rel), pixels(p))
+    assert same == 0, "the per-image randomness must be a fresh nonce, not a function of the file name"
 
 
 def test_missing_key_and_bad_option_messages(tmp_path, capsys):

@@ -241,4 +241,8 @@ def test_config_never_contains_the_secret():
 def test_every_registered_scheme_keeps_the_contract(name, dtype):
     """Parametrized over the registry, so a newly registered scheme is checked too."""
     check_scheme(make(name), random_images((3, 3, 32, 32), dtype))
+    if make(name).mixes_batch:  # alone in its batch it would be mixed with itself: refused
+        with pytest.raises(SchemeError, match="mixed with itself"):
+            make(name).encrypt(random_images((1, 1, 64, 32), dtype, seed=1))
+        return
     check_scheme(make(name), random_images((1, 1, 64, 32), dtype, seed=1))

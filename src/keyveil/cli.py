@@ -39,7 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileExistsError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+    except (ValueError, FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+            PermissionError) as exc:
         print(f"keyveil {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

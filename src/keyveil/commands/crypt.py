@@ -9,7 +9,7 @@ from typing import Any
 
 from ..folders import process_tree
 from ..keys import Key
-from ..schemes import create, list_schemes, scheme_class
+from ..schemes import UnknownSchemeError, create, list_schemes, scheme_class
 from ..schemes.registry import entry
 
 
@@ -27,14 +27,32 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
     return options
 
 
-def scheme_from_args(args: argparse.Namespace):
-    """Build the scheme named by ``--scheme`` with ``--key`` and ``--option``s."""
-    cls = scheme_class(args.scheme)
-    key = Key.load(args.key) if args.key else None
-    if key is None and cls.needs_key:
-        raise ValueError(f"scheme {args.scheme!r} needs a key: pass --key KEYFILE (make one with keyveil keygen)")
+def scheme_name(text: str) -> str:
+    """argparse type of ``--scheme``: a registered name or a chain ``a+b+...`` of them."""
+    names = set(list_schemes())
+    if text in names or (text.count("+") and all(part in names for part in text.split("+"))):
+        return text
     try:
-        return create(args.scheme, key, **parse_options(args.option))
+        entry(text)
+    except UnknownSchemeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}; chain schemes with a+b (e.g. pixel+etc)") from None
+    raise argparse.ArgumentTypeError(f"{text!r} cannot be used here; see `keyveil schemes`")
+
+
+def scheme_from_args(args: argparse.Namespace):
+    """Build the scheme named by ``--scheme`` (or a chain ``a+b``) with ``--key`` and ``--option``s."""
+    options = parse_options(args.option)
+    registered = args.scheme in set(list_schemes())
+    steps = [args.scheme] if registered else args.scheme.split("+")
+    needs_key = any(scheme_class(step).needs_key for step in steps)
+    key = Key.load(args.key) if args.key else None
+    if key is None and needs_key:
+        raise ValueError(f"scheme {args.scheme!r} needs a key: pass --key KEYFILE (make one with keyveil keygen)")
+    if not registered and options:
+        raise ValueError(f"--option is ambiguous for the chain {args.scheme!r}: build chains with options in Python "
+                         "(schemes.create('compose', key, steps=[...]))")
+    try:
+        return create(args.scheme, key, **options) if registered else create("compose", key, steps=steps)
     except TypeError as exc:
         raise ValueError(f"bad --option for scheme {args.scheme!r}: {exc}") from None
 
@@ -42,8 +60,8 @@ def scheme_from_args(args: argparse.Namespace):
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="an image file or a folder (walked recursively; the tree is kept)")
     p.add_argument("dst", help="output file or folder (PNG, lossless); never inside SRC")
-    p.add_argument("--scheme", required=True, choices=list_schemes(), metavar="NAME",
-                   help="scheme name (see `keyveil schemes`)")
+    p.add_argument("--scheme", required=True, type=scheme_name, metavar="NAME",
+                   help="scheme name (see `keyveil schemes`), or a chain a+b applied in that order")
     p.add_argument("--key", help="key file (from `keyveil keygen`)")
     p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                    help="scheme option, repeatable (e.g. --option block_size=8)")
@@ -64,7 +82,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, *, decrypt: bool) -> int:
-    entry(args.scheme)
     if args.workers < 1:
         raise ValueError("--workers must be at least 1")
     scheme = scheme_from_args(args)

@@ -162,6 +162,15 @@ class Scheme(nn.Module):
     def forward(self, x: Any) -> Any:
         return self.encrypt(x)
 
+    @property
+    def mixes_batch(self) -> bool:
+        """Whether an image's ciphertext mixes in other images of its batch (``instahide``).
+
+        Such a scheme cannot run one file at a time: alone in its batch, an image
+        would be mixed only with itself.
+        """
+        return False
+
     def prepare(self, dtype: torch.dtype = torch.uint8) -> None:
         """Load now what the first :meth:`encrypt` of ``dtype`` images would load lazily.
 

@@ -11,7 +11,6 @@ way ``patch`` and ``mix`` do: fresh (from a ``generator`` or from
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import torch
 from ..keys import Key
 from .base import Nonce, Scheme, per_image_uniform
 from .convert import to_batch
-from .errors import GeometryError, PrivacyWarning, SchemeError
+from .errors import GeometryError, SchemeError
 from .registry import register_scheme
 
 __all__ = [
@@ -230,9 +229,8 @@ class InstaHide(Scheme):
     and on the batch it is mixed into, not on where it sits (rolling the batch
     and its nonces rolls the output). With ``k_private = 1`` (public partners
     only) encodings are strictly per-image. A batch of one image without a
-    public set has no partner: it is mixed with itself, which leaves only the
-    sign flip, so a :class:`PrivacyWarning` says so (encrypt batches, or pass
-    ``public=``).
+    public set has no partner: mixed with itself only the sign flip would remain,
+    so it is an error (encrypt batches, or pass ``public=``).
 
     Args:
         k: images in each mixture, the private image included (default 4, the
@@ -355,10 +353,10 @@ class InstaHide(Scheme):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         b = x.shape[0]
         if b == 1 and self.mixes_batch:
-            warnings.warn(
-                "instahide: a batch of one image has no other private image to mix with, so it is mixed with "
-                "itself and only the sign flip remains; encrypt batches of images (or pass public=..., "
-                "k_private=1)", PrivacyWarning, stacklevel=4,
+            raise SchemeError(
+                "instahide: a batch of one image has no other private image to mix with, so it would be mixed "
+                "with itself and only the sign flip would remain (|v| gives the image back); encrypt batches of "
+                "at least 2 images (or pass public=..., k_private=1)"
             )
         work = x.dtype if x.dtype.is_floating_point else torch.float32
         index, coeffs, signs = self.draws(b, tuple(x.shape[1:]), generator=generator, nonce=nonce, device=x.device)

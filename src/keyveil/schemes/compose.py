@@ -249,6 +249,10 @@ class ComposedScheme(Scheme):
     def per_image(self) -> bool:  # type: ignore[override]
         return any(s.per_image for s in self.steps)
 
+    @property
+    def mixes_batch(self) -> bool:  # type: ignore[override]
+        return any(s.mixes_batch for s in self.steps)
+
     def step_key(self, index: int) -> Key | None:
         """The key of step ``index`` (e.g. the ``pixel`` step's, for :func:`keyveil.models.keyed`).
 
