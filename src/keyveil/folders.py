@@ -361,6 +361,9 @@ def process_tree(
     if src_p.is_file() and dst_p.resolve() == src_p.resolve():
         raise FolderJobError("the output would replace the source file; choose another destination")
     jobs, problems = plan_outputs(src_p, dst_p)
+    if not jobs and not problems:
+        raise FolderJobError(f"no image files in {src_p} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, "
+                             "hidden files skipped)")
     report = JobReport(failed=list(problems))
     job_info = _job_info(scheme, decrypt)
     covers = src_p.is_dir()
