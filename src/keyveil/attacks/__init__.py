@@ -32,6 +32,7 @@ from .base import (
     list_attacks,
     register_attack,
 )
+from .block_match import BlockKnownPlaintext
 from .ciphertext_only import CiphertextOnly
 from .instahide import InstaHideAttack
 from .inversion import LearnedInversion, UNet
@@ -51,6 +52,7 @@ __all__ = [
     "create_attack",
     "list_attacks",
     "register_attack",
+    "BlockKnownPlaintext",
     "ChosenPlaintext",
     "CiphertextOnly",
     "JigsawSolver",

@@ -25,6 +25,7 @@ from .base import (
     measure,
     register_attack,
 )
+from .matching import match_units
 from .truth import score_permutation, true_permutation
 
 __all__ = ["ChosenPlaintext", "KnownPlaintext", "crafted_images"]
@@ -197,17 +198,25 @@ class ChosenPlaintext(Attack):
 
 @register_attack
 class KnownPlaintext(Attack):
-    """Recover a fixed-key permutation from ``n`` (plain, encrypted) pairs.
+    """Recover a fixed-key rearrangement (with flips) from ``n`` (plain, encrypted) pairs.
 
     Each output unit's values across the ``n`` pairs (and the C channels, when
-    ``spatial``) form a vector that must equal the vector of its source unit.
-    Units whose vector is unique are determined; units sharing a vector (flat
-    backgrounds) are assigned within their group in order, which is right by
-    chance only. Li et al., Signal Processing: Image Communication 2008.
+    ``spatial``) form a vector that must equal the vector of its source unit —
+    or its complement, with ``flips`` (negative–positive steps). Units whose
+    vector is unique are determined; units sharing a vector (flat backgrounds)
+    are assigned within their group in order, which is right by chance only.
+    Li et al., Signal Processing: Image Communication 2008.
+
+    Settings per scheme: ``pixel`` spatial; ``pixel-np`` spatial + flips;
+    ``etc``/``vit``/``block`` values + flips; ``le``/``ele`` nibbles + flips.
+    For block schemes without an in-block shuffle (``etc``) the block-level
+    ``known-plaintext-blocks`` needs a single pair.
 
     Args:
         spatial: one permutation of the H·W positions shared by the channels
             (``pixel``); otherwise a permutation of all C·H·W values.
+        flips: also match complemented units (``white − v``).
+        nibbles: work on 4-bit halves (LE/ELE; ``white`` = 15; uint8 images only).
 
     Examples:
         >>> import torch
@@ -217,13 +226,20 @@ class KnownPlaintext(Attack):
         >>> r = KnownPlaintext().run(plain=x, encrypted=s.encrypt(x), reference=s)
         >>> r.metrics["fraction_recovered"]
         1.0
+        >>> s = schemes.create("vit", Key.generate(), block_size=4)
+        >>> x = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
+        >>> r = KnownPlaintext(spatial=False, flips=True).run(plain=x, encrypted=s.encrypt(x), reference=s)
+        >>> r.metrics["fraction_recovered_with_flips"]
+        1.0
     """
 
     name = "known-plaintext"
-    description = "match value vectors across n known (plain, encrypted) pairs (Li et al. 2008)"
+    description = "match value vectors (or their complements) across n known (plain, encrypted) pairs (Li et al. 2008)"
 
-    def __init__(self, *, spatial: bool = True) -> None:
-        self.spatial = bool(spatial)
+    def __init__(self, *, spatial: bool = True, flips: bool = False, nibbles: bool = False) -> None:
+        if nibbles and spatial:
+            raise AttackError("nibbles=True works on values, not positions: pass spatial=False")
+        self.spatial, self.flips, self.nibbles = bool(spatial), bool(flips), bool(nibbles)
 
     def run(
         self,
@@ -232,17 +248,18 @@ class KnownPlaintext(Attack):
         encrypted: torch.Tensor,
         reference: Scheme | None = None,
     ) -> KeyRecoveryResult:
-        """Recover the permutation from pairs.
+        """Recover the rearrangement from pairs.
 
         Args:
             plain: ``(n,C,H,W)`` known plain images.
             encrypted: their encryptions under one key, same shape and dtype.
-            reference: the attacked scheme, only to score (adds ``fraction_recovered``).
+            reference: the attacked scheme, only to score (adds ``fraction_recovered``
+                and, with flips, ``fraction_recovered_with_flips``).
 
         Returns:
             A :class:`KeyRecoveryResult` with ``fraction_determined`` (units
             with a unique vector) and the pairs as ``reconstructions``
-            (``decrypt(encrypted)``).
+            (``decrypt(encrypted)``); its ``decrypt`` undoes any image of the key.
         """
         plain, encrypted = torch.as_tensor(plain), torch.as_tensor(encrypted)
         if plain.dim() == 3:
@@ -250,30 +267,20 @@ class KnownPlaintext(Attack):
         if plain.shape != encrypted.shape or plain.dim() != 4:
             raise AttackError(f"plain and encrypted must both be (n,C,H,W), got {tuple(plain.shape)} and "
                               f"{tuple(encrypted.shape)}")
+        if self.nibbles and plain.dtype != torch.uint8:
+            raise AttackError("nibbles=True needs uint8 images (4-bit halves of 8-bit values)")
         n, c, h, w = plain.shape
         cost = Cost(pairs=n)
         with measure(cost):
-            if self.spatial:
-                pv = plain.reshape(n * c, h * w).T
-                ev = encrypted.reshape(n * c, h * w).T
-            else:
-                pv = plain.reshape(n, -1).T
-                ev = encrypted.reshape(n, -1).T
-            units = pv.shape[0]
-            _, inverse, counts = torch.unique(torch.cat([pv, ev]).cpu(), dim=0, return_inverse=True,
-                                              return_counts=True)
-            gp, ge = inverse[:units], inverse[units:]
-            sp, op = torch.sort(gp, stable=True)
-            se, oe = torch.sort(ge, stable=True)
-            if not torch.equal(sp, se):
-                raise AttackError(
-                    "the encrypted values are not a rearrangement of the plain ones under one permutation "
-                    "(different keys, flips, or lossy storage?); known-plaintext matching needs exact pairs"
-                )
-            idx = torch.empty(units, dtype=torch.int64)
-            idx[oe] = op
-            determined = counts[gp] == 2  # one plain and one encrypted unit share the vector
-            recovered = RecoveredPermutation((c, h, w), idx, spatial=self.spatial)
+            recovered = RecoveredPermutation((c, h, w), torch.arange(1), spatial=self.spatial, nibbles=self.nibbles)
+            pu, white = recovered._units(plain.cpu())
+            eu, _ = recovered._units(encrypted.cpu())
+            if self.spatial:  # (n*C, H*W): a position's vector runs over images and channels
+                pu, eu = pu.reshape(n, c, h * w).permute(2, 0, 1), eu.reshape(n, c, h * w).permute(2, 0, 1)
+            pv, ev = pu.reshape(pu.shape[0], -1).T if not self.spatial else pu.reshape(h * w, -1), \
+                eu.reshape(eu.shape[0], -1).T if not self.spatial else eu.reshape(h * w, -1)
+            idx, mask, determined = match_units(pv, ev, white=white, flips=self.flips)
+            recovered = RecoveredPermutation((c, h, w), idx, mask, spatial=self.spatial, nibbles=self.nibbles)
             recon = recovered.decrypt(encrypted.cpu())
         result = KeyRecoveryResult(self.name, reconstructions=recon, cost=cost, recovered=recovered)
         result.metrics["pairs"] = float(n)
