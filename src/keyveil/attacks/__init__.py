@@ -41,6 +41,7 @@ from .membership import MembershipInference, auc, train_classifier
 from .model_key import KeyFromModel, layout_from_taps, offsets_to_taps
 from .permutation import ChosenPlaintext, KnownPlaintext, crafted_images
 from .reidentify import CNNRecognizer, Eigenfaces, Reidentify, View, face_split
+from .substitution import SubstitutionKnownPlaintext
 
 __all__ = [
     "Attack",
@@ -53,6 +54,7 @@ __all__ = [
     "list_attacks",
     "register_attack",
     "BlockKnownPlaintext",
+    "SubstitutionKnownPlaintext",
     "ChosenPlaintext",
     "CiphertextOnly",
     "JigsawSolver",

@@ -41,7 +41,7 @@ from ..metrics import ssim
 from ..schemes import Scheme, create, scheme_class
 from .common import PaddedDataset, Timer, markdown_table, predict, write_report
 
-__all__ = ["Point", "POINTS", "run_frontier", "pareto_front"]
+__all__ = ["Point", "POINTS", "run_frontier", "pareto_front", "measure_utility", "measure_privacy", "plot_frontier"]
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ def _keyed_step(scheme: Scheme | None) -> tuple[Scheme | None, Any]:
     return scheme, None
 
 
-def _utility(point: Point, key: Key, train: ImageDataset, test: ImageDataset, *, epochs: int, batch_size: int,
+def measure_utility(point: Point, key: Key, train: ImageDataset, test: ImageDataset, *, epochs: int, batch_size: int,
              seed: int, progress: bool, plain_model: torch.nn.Module | None) -> dict[str, Any]:
     """Train the recipe on the encrypted images; for a keyed last ``pixel`` step, the model is trained on what
     comes before it (plain images for ``pixel`` itself) and converted with that step's key."""
@@ -196,7 +196,7 @@ def _worst_without_oracle(keyed: bool, variants: dict[str, float]) -> float:
     return max(v for k, v in variants.items() if not keyed or k == "glance")
 
 
-def _privacy(point: Point, key: Key, faces: tuple[torch.Tensor, ...], attack: Reidentify) -> dict[str, Any]:
+def measure_privacy(point: Point, key: Key, faces: tuple[torch.Tensor, ...], attack: Reidentify) -> dict[str, Any]:
     g, gl, p, pl = faces
     side = max(g.shape[-2:])
     scheme = point.make(key, side)
@@ -250,7 +250,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
-def _plot(rows: list[dict[str, Any]], path: Path, chance: float) -> Path:
+def plot_frontier(rows: list[dict[str, Any]], path: Path, chance: float) -> Path:
     try:
         import matplotlib
     except ImportError:
@@ -260,10 +260,13 @@ def _plot(rows: list[dict[str, Any]], path: Path, chance: float) -> Path:
 
     fig, ax = plt.subplots(figsize=(10, 7), dpi=110)
     names = list(dict.fromkeys(r["scheme"] for r in rows))
-    colours = dict(zip(names, plt.get_cmap("tab10").colors))
+    palette = plt.get_cmap("tab10").colors
+    colours = {n: palette[i % len(palette)] for i, n in enumerate(names)}
     for i, r in enumerate(rows, 1):  # numbered as the table's '#' column: labels would pile up
         x, y = r["drop_points"], 100 * r["worst_top1"]
-        ax.scatter(x, y, color=colours[r["scheme"]], s=40, zorder=3,
+        audited = r.get("label") == "audited"  # keyveil audit: the user's scheme among the built-ins
+        ax.scatter(x, y, color="black" if audited else colours[r["scheme"]], s=220 if audited else 40,
+                   marker="*" if audited else "o", zorder=4 if audited else 3,
                    label=r["scheme"] if r is next(q for q in rows if q["scheme"] == r["scheme"]) else None)
         ax.annotate(str(i), (x, y), fontsize=7, xytext=(3, 3 if i % 2 else -9), textcoords="offset points")
     for r in rows:
@@ -360,11 +363,11 @@ def run_frontier(
                 rows.append({**old, "reused": True})
                 log(f"  {point.scheme:<12} {point.label:<30} reused from the earlier frontier.json")
                 continue
-        u = _utility(point, key, train, test, epochs=epochs, batch_size=batch_size, seed=seed, progress=progress,
+        u = measure_utility(point, key, train, test, epochs=epochs, batch_size=batch_size, seed=seed, progress=progress,
                      plain_model=plain_model)
         if point.scheme == "plain":
             plain_acc, plain_model = u["accuracy"], u["trained"]
-        q = _privacy(point, key, faces, attack)
+        q = measure_privacy(point, key, faces, attack)
         best_acc = max(u["accuracy"], u.get("keyed_accuracy", 0.0))
         row = {"scheme": point.scheme, "label": point.label, "strength": point.strength,
                "options_fashion": {} if point.scheme == "plain" else point.make(key, FASHION_SIDE).config["params"],
@@ -381,7 +384,7 @@ def run_frontier(
         r["pareto"] = i in front
     out = Path(out_dir)
     chance = rows[0]["chance"]
-    plot = _plot(rows, out / "frontier.png", chance)
+    plot = plot_frontier(rows, out / "frontier.png", chance)
     data = {"experiment": "frontier", "key_fingerprint": key.fingerprint, "recipe": recipe, "chance": chance,
             "rows": [{k: v for k, v in r.items() if k != "reused"} for r in rows], "wall_s": timer.wall,
             "cpu_s": timer.cpu, "points_cpu_s": sum(r["cpu_s"] for r in rows),
