@@ -273,6 +273,9 @@ def audit(
 
 def _place_on_frontier(card: dict[str, Any], frontier_json: str | Path | None, path: Path) -> Path | None:
     """The built-in frontier rows plus the audited scheme, plotted (``None`` without the committed JSON)."""
+    if frontier_json is not None and not Path(frontier_json).is_file():
+        beside = Path(__file__).resolve().parents[2] / frontier_json  # a clone's results/, from any folder
+        frontier_json = beside if beside.is_file() else frontier_json
     if frontier_json is None or not Path(frontier_json).is_file():
         card["frontier"] = "not plotted: no frontier.json of the built-ins (run keyveil experiment frontier)"
         return None
