@@ -22,12 +22,14 @@ Examples:
 from __future__ import annotations
 
 from .base import (
+    ATTACKS,
     Attack,
     AttackError,
     AttackResult,
     Cost,
     KeyRecoveryResult,
     RecoveredPermutation,
+    UnknownAttackError,
     create_attack,
     list_attacks,
     register_attack,
@@ -42,8 +44,10 @@ from .permutation import ChosenPlaintext, KnownPlaintext, crafted_images
 from .reidentify import CNNRecognizer, Eigenfaces, Reidentify, View, face_split
 
 __all__ = [
+    "ATTACKS",
     "Attack",
     "AttackError",
+    "UnknownAttackError",
     "AttackResult",
     "Cost",
     "KeyRecoveryResult",
