@@ -138,3 +138,18 @@ def test_a_plugin_that_is_no_scheme_is_skipped_with_a_warning(tmp_path, monkeypa
             schemes.create("toy-bad")
     finally:
         schemes.SCHEMES._seen_plugins.clear()
+
+
+def test_registry_create_builds_through_each_registry():
+    import warnings
+
+    from keyveil import Key
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        key = Key.from_seed(0)
+    s = schemes.SCHEMES.create("etc", key)
+    assert s.registered_name == "etc" and s.block_size == 4
+    assert ATTACKS.create("jigsaw").name == "jigsaw"
+    assert DATASETS.create("att-faces").available()
+    assert isinstance(MODELS.create("smallcnn", in_channels=1, num_classes=3, image_size=(28, 28)), torch.nn.Module)

@@ -25,6 +25,12 @@ class SchemeEntry:
     description: str = ""
     listed: bool = True
 
+    def __call__(self, key: Key | None = None, **params: Any) -> Scheme:
+        """Build the scheme: the class with the preset options, overridden by ``params``."""
+        scheme = self.cls(key, **{**self.defaults, **params})
+        scheme.registered_name = self.name
+        return scheme
+
 
 def _adopt(name: str, obj: Any) -> SchemeEntry | None:
     """A plug-in's entry point: a :class:`Scheme` subclass (registered as the entry point's name) or a
@@ -92,11 +98,7 @@ def create(name: str, key: Key | None = None, **params: Any) -> Scheme:
         >>> bool((s.decrypt(s.encrypt(x)) == x).all())
         True
     """
-    e = entry(name)
-    options = {**e.defaults, **params}
-    scheme = e.cls(key, **options)
-    scheme.registered_name = name
-    return scheme
+    return SCHEMES.create(name, key, **params)
 
 
 create_scheme = create
