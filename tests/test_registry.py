@@ -107,6 +107,8 @@ def plugin(tmp_path, monkeypatch):
                                                          "keyveil.models")],
     }
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None, **kw: eps.get(group, []))
+    for reg in (schemes.SCHEMES, ATTACKS, MODELS, DATASETS):
+        monkeypatch.setattr(reg, "_scanned", False)  # as in a fresh process with the plug-in installed
     yield
     for reg, name in ((schemes.SCHEMES, "toy-flip"), (ATTACKS, "toy-nothing"), (MODELS, "toy-linear")):
         if name in reg:

@@ -323,8 +323,7 @@ def build_model(arch: str, *, in_channels: int = 3, num_classes: int = 10, image
     image_size = (int(image_size[0]), int(image_size[1]))
     if small_input is None:
         small_input = min(image_size) < 96
-    if arch not in MODELS:
-        MODELS.load_plugins(rescan=True)
+    MODELS.load_plugins()  # once: torchvision names are not in the registry, so a miss is no reason to rescan
     if arch in MODELS:
         model = MODELS.get(arch)(in_channels=in_channels, num_classes=num_classes, image_size=image_size,
                                 small_input=small_input, **kwargs)
