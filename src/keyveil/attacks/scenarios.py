@@ -24,15 +24,21 @@ from .permutation import ChosenPlaintext, KnownPlaintext
 __all__ = ["Scenario", "run_scenario", "SCENARIOS", "make_scheme", "plain_baseline"]
 
 # Scheme options that fit each dataset's image size (patch sizes must divide it).
+_SMALL = {"patch": {"patch_size": 4}, "mix": {"patch_size": 4, "grid": 2}, "vit": {"block_size": 4}}
+_CIFAR = {"patch": {"patch_size": 4}, "mix": {"patch_size": 8, "grid": 2}, "vit": {"block_size": 4}}
 _FIT: dict[str, dict[str, dict[str, Any]]] = {
-    "fashion-mnist": {"patch": {"patch_size": 4}, "mix": {"patch_size": 4, "grid": 2}, "vit": {"block_size": 4}},
-    "orl": {"vit": {"block_size": 16}},
-    "cifar": {"patch": {"patch_size": 4}, "mix": {"patch_size": 8, "grid": 2}, "vit": {"block_size": 4}},
+    "fashion-mnist": _SMALL, "mnist5k": _SMALL,
+    "att-faces-heldout": {"vit": {"block_size": 16}},  # 96x80
+    "att-faces": {"patch": {"patch_size": 4}, "mix": {"patch_size": 4, "grid": 2}, "vit": {"block_size": 4}},  # 112x92
+    "cifar10-sample": _CIFAR, "cifar10": _CIFAR,
 }
+FACES = ("att-faces", "att-faces-heldout")
+"""The datasets with identities the face scenarios (re-identification, InstaHide) accept."""
 
 
 def make_scheme(name: str, dataset: str, key: Key | None) -> Scheme:
     """The scheme ``name`` with options that fit ``dataset``'s image size."""
+    dataset = _data.dataset_name(dataset)
     return create(name, key, **_FIT.get(dataset, {}).get(name, {}))
 
 
@@ -66,7 +72,9 @@ def run_scenario(
         attack: a registered attack name.
         scheme: the attacked scheme (keyed schemes need their key: the
             scenario plays the victim too, to make ciphertexts and score).
-        dataset: ``fashion-mnist``, ``orl``, ``photos`` or ``cifar``.
+        dataset: a registered dataset (``keyveil datasets``): ``fashion-mnist``,
+            ``att-faces-heldout``, ``photos``, ``cifar10-sample``, …; the old
+            names ``orl`` and ``cifar`` work with a ``FutureWarning``.
         n: the attacker's data: pairs (known-plaintext), ciphertexts
             (ciphertext-only), training images (learned inversion, membership);
             a default per attack when ``None``.
@@ -76,6 +84,7 @@ def run_scenario(
     """
     opts = dict(options or {})
     name = type(scheme).name
+    dataset = _data.dataset_name(dataset)
     if attack == "reidentify":
         return _reidentify(scheme, dataset, test_n, seed, opts)
     if attack == "instahide":
@@ -206,8 +215,8 @@ def _reidentify(scheme: Scheme, dataset: str, shown: int, seed: int, opts: dict[
 
     from .reidentify import Reidentify, encryption_randomness, face_split
 
-    if dataset != "orl":
-        raise AttackError(f"re-identification needs faces with identities: use dataset 'orl', not {dataset!r}")
+    if dataset not in FACES:
+        raise AttackError(f"re-identification needs faces with identities: use dataset 'att-faces', not {dataset!r}")
     g, gl, p, pl = face_split()
     victim = None if type(scheme).name == "plain" else scheme
     r = Reidentify(seed=seed, **opts).run(gallery=g, gallery_labels=gl, probes=p, probe_labels=pl, scheme=victim)
@@ -231,8 +240,9 @@ def _instahide(scheme: Scheme, dataset: str, shown: int, seed: int, opts: dict[s
     from .instahide import InstaHideAttack, encode_epochs, reidentify_recovered
     from .reidentify import face_split
 
-    if dataset != "orl":
-        raise AttackError(f"the instahide scenario uses faces with identities: use dataset 'orl', not {dataset!r}")
+    if dataset not in FACES:
+        raise AttackError(f"the instahide scenario uses faces with identities: use dataset 'att-faces', not "
+                          f"{dataset!r}")
     if type(scheme).name != "instahide":
         raise AttackError(f"the instahide attack needs the instahide scheme, got {type(scheme).name!r}")
     epochs, batch = int(opts.pop("epochs", 10)), int(opts.pop("batch_size", 50))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..attacks._data import DATASETS
+from ..attacks._data import DEPRECATED_NAMES, attack_datasets, dataset_name
 from ..attacks.report import save_picture
 from ..attacks.scenarios import SCENARIOS, make_scheme, plain_baseline, run_scenario
 from ..keys import Key
@@ -29,7 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                    help="scheme option (repeatable), e.g. --option window=56 (reidentify only)")
     p.add_argument("--key", help="victim's key file (default: a fresh random key)")
-    p.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
+    p.add_argument("--dataset", default="fashion-mnist", metavar="NAME",
+                   help=f"a dataset `keyveil datasets` lists: {', '.join(attack_datasets())} (default fashion-mnist; "
+                        f"the old names {', '.join(DEPRECATED_NAMES)} still work, with a warning)")
     p.add_argument("--n", type=int, default=None,
                    help="attacker's data: pairs / ciphertexts / training images (default per attack)")
     p.add_argument("--test-n", type=int, default=100, help="victim images to recover and score (default 100)")
@@ -47,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     attack = args.name or args.attack
     if attack is None:
         raise ValueError(f"name the attack: keyveil attack ATTACK --scheme S, with ATTACK one of {', '.join(_NAMES)}")
+    args.dataset = dataset_name(args.dataset)  # a registry name; the old ones warn
     key = Key.load(args.key) if args.key else Key.generate()
     if attack == "reidentify":
         return _reidentify(args, key)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from .base import DatasetInfo, ImageDataset, TensorImageDataset, stratified_split
 from .encrypted import EncryptedDataset, encrypted_folder
 from .registry import (
+    DATASETS,
     Availability,
     DatasetSource,
     DatasetUnavailableError,
@@ -44,6 +45,7 @@ __all__ = [
     "EncryptedDataset",
     "encrypted_folder",
     "DatasetSource",
+    "DATASETS",
     "Availability",
     "DatasetUnavailableError",
     "UnknownDatasetError",

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-import difflib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import KeyveilError
+from ..registry import Registry
 from .base import ImageDataset
 
 __all__ = ["DatasetSource", "Availability", "DatasetUnavailableError", "UnknownDatasetError",
-           "register_dataset", "create_dataset", "dataset_source", "list_datasets"]
+           "register_dataset", "create_dataset", "dataset_source", "list_datasets", "DATASETS"]
 
 
-class UnknownDatasetError(KeyveilError):
-    """No dataset is registered under that name."""
+class UnknownDatasetError(KeyveilError, KeyError):
+    """No dataset is registered under that name (also a ``KeyError``)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
 
 
 class DatasetUnavailableError(KeyveilError):
@@ -71,29 +75,32 @@ class DatasetSource:
         raise NotImplementedError
 
 
-_REGISTRY: dict[str, type[DatasetSource]] = {}
+def _adopt(name: str, obj: Any) -> type[DatasetSource] | None:
+    """A plug-in's entry point: a :class:`DatasetSource` subclass, or a module that registered its own."""
+    if isinstance(obj, type) and issubclass(obj, DatasetSource):
+        if obj.name != name:
+            raise TypeError(f"entry point {name!r} names {obj.__name__}, whose name is {obj.name!r}: make them equal")
+        return obj
+    if type(obj).__name__ == "module":
+        return None
+    raise TypeError(f"a keyveil.datasets entry point must name a DatasetSource subclass, got {obj!r}")
+
+
+DATASETS: Registry[type[DatasetSource]] = Registry("dataset", group="keyveil.datasets", error=UnknownDatasetError,
+                                                   adopt=_adopt)
+"""The dataset registry (entry-point group ``keyveil.datasets``); see :mod:`keyveil.registry`."""
 
 
 def register_dataset(cls: type[DatasetSource]) -> type[DatasetSource]:
-    """Class decorator: register a :class:`DatasetSource` under ``cls.name``."""
+    """Class decorator: register a :class:`DatasetSource` under ``cls.name`` (duplicates raise)."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name to register under")
-    if cls.name in _REGISTRY:
-        raise ValueError(f"a dataset named {cls.name!r} is already registered")
-    _REGISTRY[cls.name] = cls
-    return cls
+    return DATASETS.add(cls.name, cls)
 
 
 def dataset_source(name: str, data_dir: str | os.PathLike[str] | None = None, **options: Any) -> DatasetSource:
     """The source registered as ``name`` (ask it :meth:`~DatasetSource.available`)."""
-    try:
-        cls = _REGISTRY[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, _REGISTRY, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UnknownDatasetError(
-            f"no dataset named {name!r}{hint} Known datasets: {', '.join(list_datasets())}") from None
-    return cls(data_dir, **options)
+    return DATASETS.get(name)(data_dir, **options)
 
 
 def create_dataset(name: str, split: str = "train", *, data_dir: str | os.PathLike[str] | None = None,
@@ -112,6 +119,11 @@ def create_dataset(name: str, split: str = "train", *, data_dir: str | os.PathLi
     return dataset_source(name, data_dir, **options).load(split)
 
 
-def list_datasets() -> list[str]:
-    """The registered dataset names, sorted."""
-    return sorted(_REGISTRY)
+def list_datasets(filter: str | Iterable[str] | None = None) -> list[str]:
+    """The registered dataset names, sorted; with ``filter``, those matching a shell-style pattern.
+
+    Examples:
+        >>> list_datasets("cifar*")
+        ['cifar10', 'cifar10-sample']
+    """
+    return DATASETS.names(filter)

@@ -20,7 +20,8 @@ from ..imageio import list_images, read_image
 from .base import ImageDataset, TensorImageDataset, stratified_split
 from .registry import Availability, DatasetSource, register_dataset
 
-__all__ = ["FashionMNIST", "MNIST5k", "ATTFaces", "CIFAR10", "CIFAR10Sample", "ImageFolder",
+__all__ = ["FashionMNIST", "MNIST5k", "ATTFaces", "ATTFacesHeldOut", "CIFAR10", "CIFAR10Sample", "Photos",
+           "ImageFolder", "PHOTO_NAMES",
            "FolderImageDataset", "read_idx", "package_file", "FASHION_MNIST_SYSTEM_DIR"]
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -218,6 +219,70 @@ class CIFAR10Sample(DatasetSource):
         images = torch.stack([read_image(p, "RGB") for p, _ in files])
         return TensorImageDataset(images, [label for _, label in files], name=self.name, split=split,
                                   classes=CIFAR10_CLASSES)
+
+
+@register_dataset
+class ATTFacesHeldOut(ATTFaces):
+    """AT&T faces split by person: people 1–35 train (350 images), 36–40 test (50): unseen identities.
+
+    Centre-cropped from 112×92 to 96×80 (both divisible by 16, so 16-px
+    blocks and patches fit). The attacks' learned inversion trains on the
+    first people and is scored on people it never saw. Labels are the person
+    (0–39), as in ``att-faces``.
+    """
+
+    name = "att-faces-heldout"
+    description = "AT&T/ORL faces split by person (1-35 train, 36-40 test: unseen people), centre-cropped 96x80"
+    num_classes, channels, size = 40, 1, (96, 80)
+
+    def _load(self, split: str) -> ImageDataset:
+        root = self._root()
+        people = range(1, 36) if split == "train" else range(36, 41)
+        images = torch.stack([read_image(root / f"s{p}" / f"{shot}.pgm", "L") for p in people for shot in range(1, 11)])
+        top, left = (112 - 96) // 2, (92 - 80) // 2
+        images = images[..., top:top + 96, left:left + 80].contiguous()
+        labels = [p - 1 for p in people for _ in range(10)]
+        return TensorImageDataset(images, labels, name=self.name, split=split, classes=[f"s{p}" for p in range(1, 41)])
+
+
+PHOTO_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
+               "colorwheel")
+
+
+@register_dataset
+class Photos(DatasetSource):
+    """Eight colour photos of ``skimage.data``, centre-cropped square and resized to 224×224 (split ``test``).
+
+    Each photo is its own class (its name), so the labels are real but carry
+    no more than the photo's identity.
+    """
+
+    name = "photos"
+    description = "8 colour photos from scikit-image (astronaut, chelsea, ...), 224x224, one class each, test only"
+    num_classes, channels, size = len(PHOTO_NAMES), 3, (224, 224)
+    splits = ("test",)
+
+    def available(self) -> Availability:
+        p = package_file("skimage", "data")
+        if p is not None and p.is_dir():
+            return Availability(True, str(p))
+        return Availability(False, "scikit-image is not installed: pip install 'keyveil[data]' "
+                            "(or pip install scikit-image)")
+
+    def _load(self, split: str) -> ImageDataset:
+        import skimage.data
+        from PIL import Image
+
+        out = []
+        for name in PHOTO_NAMES:
+            arr = getattr(skimage.data, name)()
+            h, w = arr.shape[:2]
+            s = min(h, w)
+            arr = arr[(h - s) // 2: (h - s) // 2 + s, (w - s) // 2: (w - s) // 2 + s]
+            im = Image.fromarray(arr).resize((224, 224), Image.BICUBIC)
+            out.append(torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1))
+        return TensorImageDataset(torch.stack(out), list(range(len(PHOTO_NAMES))), name=self.name, split=split,
+                                  classes=list(PHOTO_NAMES))
 
 
 class FolderImageDataset(ImageDataset):

@@ -21,9 +21,12 @@ from .dp import (
 )
 from .loop import EvalResult, FitResult, evaluate, fit, make_loader, seed_everything, to_input, train_epoch
 from .models import (
+    MODELS,
     SEED_FAMILIES,
+    UnknownModelError,
     adapt_torchvision,
     build_model,
+    create_model,
     list_models,
     load_weights,
     register_model,
@@ -34,6 +37,9 @@ from .optim import DEFAULT_LR, OPTIMIZERS, make_optimizer
 
 __all__ = [
     "build_model",
+    "create_model",
+    "MODELS",
+    "UnknownModelError",
     "small_cnn",
     "adapt_torchvision",
     "torchvision_model",

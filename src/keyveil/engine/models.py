@@ -6,30 +6,47 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from torch import nn
 
-__all__ = ["build_model", "list_models", "register_model", "small_cnn", "adapt_torchvision", "torchvision_model",
-           "load_weights", "SEED_FAMILIES"]
+from ..errors import KeyveilError
+from ..registry import Registry
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+__all__ = ["build_model", "create_model", "list_models", "register_model", "small_cnn", "adapt_torchvision",
+           "torchvision_model", "load_weights", "SEED_FAMILIES", "MODELS", "UnknownModelError"]
+
+
+class UnknownModelError(KeyveilError, KeyError):
+    """No keyveil builder and no torchvision classification model has that name (also a ``KeyError``)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+def _adopt(name: str, obj: Any) -> Callable[..., nn.Module] | None:
+    """A plug-in's entry point: a builder ``f(*, in_channels, num_classes, image_size, small_input, **kw)``."""
+    if type(obj).__name__ == "module":
+        return None
+    if not callable(obj):
+        raise TypeError(f"a keyveil.models entry point must name a model builder function, got {obj!r}")
+    return obj
+
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model", group="keyveil.models", error=UnknownModelError,
+                                                      adopt=_adopt)
+"""keyveil's own model builders and plug-ins (group ``keyveil.models``); torchvision's come on top."""
 
 
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: register a builder ``f(*, in_channels, num_classes, image_size, **kw) -> nn.Module``."""
+    """Decorator: register a builder ``f(*, in_channels, num_classes, image_size, small_input, **kw) -> nn.Module``.
 
-    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _BUILDERS:
-            raise ValueError(f"a model named {name!r} is already registered")
-        _BUILDERS[name] = fn
-        return fn
-
-    return deco
+    The builder receives every keyword :func:`create_model` gets; duplicates raise.
+    """
+    return MODELS.register(name)
 
 
 def small_cnn(*, in_channels: int = 1, num_classes: int = 10, image_size: tuple[int, int] = (28, 28),
@@ -224,7 +241,7 @@ def torchvision_model(arch: str, *, in_channels: int, num_classes: int, image_si
     from torchvision import models as tvm
 
     if arch not in tvm.list_models(module=tvm):
-        raise ValueError(_unknown(arch))
+        raise _unknown(arch)
     if small_input and arch in _VIT_CONFIGS and not kwargs:
         layers, heads, hidden, mlp = _VIT_CONFIGS[arch]
         return _vit(layers=layers, heads=heads, hidden=hidden, mlp=mlp, in_channels=in_channels,
@@ -262,14 +279,17 @@ def _vgg_without_classifier_init(arch: str, num_classes: int, **kwargs: Any) -> 
     return model
 
 
-def _unknown(arch: str) -> str:
-    close = difflib.get_close_matches(arch, list_models(), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+def _unknown(arch: str) -> UnknownModelError:
+    import difflib
+
     from torchvision import models as tvm
 
-    return (f"no model named {arch!r}{hint} Choose keyveil's {', '.join(sorted(_BUILDERS))}, one of the seeds' "
-            f"families ({', '.join(SEED_FAMILIES)}), or any torchvision classification model: "
-            f"{', '.join(sorted(tvm.list_models(module=tvm)))}")
+    close = difflib.get_close_matches(arch, list_models(), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return UnknownModelError(
+        f"no model named {arch!r}{hint} Choose keyveil's {', '.join(MODELS.names())}, one of the seeds' "
+        f"families ({', '.join(SEED_FAMILIES)}), or any torchvision classification model: "
+        f"{', '.join(sorted(tvm.list_models(module=tvm)))}")
 
 
 def build_model(arch: str, *, in_channels: int = 3, num_classes: int = 10, image_size: tuple[int, int] = (32, 32),
@@ -303,8 +323,9 @@ def build_model(arch: str, *, in_channels: int = 3, num_classes: int = 10, image
     image_size = (int(image_size[0]), int(image_size[1]))
     if small_input is None:
         small_input = min(image_size) < 96
-    if arch in _BUILDERS:
-        model = _BUILDERS[arch](in_channels=in_channels, num_classes=num_classes, image_size=image_size,
+    MODELS.load_plugins()  # once: torchvision names are not in the registry, so a miss is no reason to rescan
+    if arch in MODELS:
+        model = MODELS.get(arch)(in_channels=in_channels, num_classes=num_classes, image_size=image_size,
                                 small_input=small_input, **kwargs)
     else:
         model = torchvision_model(arch, in_channels=in_channels, num_classes=num_classes, image_size=image_size,
@@ -372,8 +393,26 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     return model
 
 
-def list_models() -> list[str]:
-    """keyveil's own builders (``smallcnn``, ``vit_mini``) and the torchvision classification models."""
+create_model = build_model
+"""The same as :func:`build_model` (timm's ``create_model`` name)."""
+
+
+def list_models(filter: str | Iterable[str] | None = None) -> list[str]:
+    """keyveil's own builders (``smallcnn``, ``vit_mini``, plug-ins), then the torchvision classification models.
+
+    With ``filter``, only the names matching a shell-style pattern (or any of several).
+
+    Examples:
+        >>> list_models("vit_[bm]*")
+        ['vit_mini', 'vit_b_16', 'vit_b_32']
+    """
+    import fnmatch
+
     from torchvision import models as tvm
 
-    return sorted(_BUILDERS) + sorted(tvm.list_models(module=tvm))
+    own = MODELS.names()
+    names = own + sorted(n for n in tvm.list_models(module=tvm) if n not in own)
+    if filter is not None:
+        patterns = [filter] if isinstance(filter, str) else list(filter)
+        names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    return names

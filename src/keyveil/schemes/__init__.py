@@ -16,7 +16,16 @@ from __future__ import annotations
 
 from .base import Scheme
 from .errors import GeometryError, NotInvertibleError, PrivacyWarning, SchemeError, UnknownSchemeError
-from .registry import create, describe, list_schemes, register_preset, register_scheme, scheme_class
+from .registry import (
+    SCHEMES,
+    create,
+    create_scheme,
+    describe,
+    list_schemes,
+    register_preset,
+    register_scheme,
+    scheme_class,
+)
 
 # Importing a scheme module registers its schemes.
 from . import pixel, block, hao, visualmixer, compose, baselines  # noqa: E402,F401  isort: skip
@@ -30,6 +39,8 @@ __all__ = [
     "PrivacyWarning",
     "UnknownSchemeError",
     "create",
+    "create_scheme",
+    "SCHEMES",
     "describe",
     "list_schemes",
     "register_scheme",

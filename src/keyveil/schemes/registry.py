@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..keys import Key
+from ..registry import Registry
 from .base import Scheme
 from .errors import UnknownSchemeError
 
-__all__ = ["register_scheme", "register_preset", "create", "list_schemes", "scheme_class", "SchemeEntry"]
+__all__ = ["register_scheme", "register_preset", "create", "create_scheme", "list_schemes", "scheme_class",
+           "SchemeEntry", "SCHEMES"]
 
 
 @dataclass(frozen=True)
@@ -23,14 +25,32 @@ class SchemeEntry:
     description: str = ""
     listed: bool = True
 
+    def __call__(self, key: Key | None = None, **params: Any) -> Scheme:
+        """Build the scheme: the class with the preset options, overridden by ``params``."""
+        scheme = self.cls(key, **{**self.defaults, **params})
+        scheme.registered_name = self.name
+        return scheme
 
-_REGISTRY: dict[str, SchemeEntry] = {}
+
+def _adopt(name: str, obj: Any) -> SchemeEntry | None:
+    """A plug-in's entry point: a :class:`Scheme` subclass (registered as the entry point's name) or a
+    :class:`SchemeEntry`; a module whose import registered its schemes needs nothing."""
+    if isinstance(obj, SchemeEntry):
+        return SchemeEntry(name, obj.cls, obj.defaults, obj.description, obj.listed)
+    if isinstance(obj, type) and issubclass(obj, Scheme):
+        return SchemeEntry(name, obj, {}, obj.description)
+    if type(obj).__name__ == "module":
+        return None
+    raise TypeError(f"a keyveil.schemes entry point must name a Scheme subclass, got {obj!r}")
+
+
+SCHEMES: Registry[SchemeEntry] = Registry("scheme", group="keyveil.schemes", error=UnknownSchemeError,
+                                          adopt=_adopt)
+"""The scheme registry (entry-point group ``keyveil.schemes``); see :mod:`keyveil.registry`."""
 
 
 def _add(entry: SchemeEntry) -> None:
-    if entry.name in _REGISTRY:
-        raise ValueError(f"a scheme named {entry.name!r} is already registered")
-    _REGISTRY[entry.name] = entry
+    SCHEMES.add(entry.name, entry, listed=entry.listed)
 
 
 def register_scheme(cls: type[Scheme] | None = None, *, listed: bool = True) -> Any:
@@ -58,14 +78,8 @@ def register_preset(name: str, cls: type[Scheme], description: str, **defaults: 
 
 
 def entry(name: str) -> SchemeEntry:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, _REGISTRY, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UnknownSchemeError(
-            f"no scheme named {name!r}{hint} Known schemes: {', '.join(list_schemes(include_templates=True))}"
-        ) from None
+    """The registry record of ``name`` (raises :class:`UnknownSchemeError` with a "did you mean")."""
+    return SCHEMES.get(name)
 
 
 def scheme_class(name: str) -> type[Scheme]:
@@ -84,21 +98,26 @@ def create(name: str, key: Key | None = None, **params: Any) -> Scheme:
         >>> bool((s.decrypt(s.encrypt(x)) == x).all())
         True
     """
-    e = entry(name)
-    options = {**e.defaults, **params}
-    scheme = e.cls(key, **options)
-    scheme.registered_name = name
-    return scheme
+    return SCHEMES.create(name, key, **params)
 
 
-def list_schemes(*, include_templates: bool = False) -> list[str]:
-    """The registered scheme names, sorted.
+create_scheme = create
+"""The same as :func:`create` (the ``create_*`` name the other registries use)."""
+
+
+def list_schemes(filter: str | Iterable[str] | None = None, *, include_templates: bool = False) -> list[str]:
+    """The registered scheme names, sorted; with ``filter``, those matching a shell-style pattern.
 
     Every listed name builds with ``create(name, key)`` alone; templates
     (registered with ``listed=False``, such as ``compose``) need options and
-    appear only with ``include_templates=True``.
+    appear only with ``include_templates=True``. Third-party schemes of the
+    ``keyveil.schemes`` entry-point group are included.
+
+    Examples:
+        >>> list_schemes("pixel*")
+        ['pixel', 'pixel-np']
     """
-    return sorted(n for n, e in _REGISTRY.items() if include_templates or e.listed)
+    return SCHEMES.names(filter, include_hidden=include_templates)
 
 
 def describe(name: str) -> str:
