@@ -98,7 +98,10 @@ def run_scenario(
         return Scenario(attack, name, dataset, r, test_x, enc, r.decrypt(enc), {"queries": r.cost.queries})
     if attack == "known-plaintext":
         n = 1 if n is None else n
-        opts.setdefault("spatial", name == "pixel" and not getattr(scheme, "per_channel", False))
+        spatial = type(scheme).name == "pixel" and not getattr(scheme, "per_channel", False)
+        opts.setdefault("spatial", spatial)
+        opts.setdefault("flips", not (spatial and not getattr(scheme, "negapos", False)))  # pixel-np, block presets
+        opts.setdefault("nibbles", not spatial and bool(getattr(scheme, "nibbles", False)))
         plain, _ = _data.load(dataset, "train", n)
         if len(plain) < n:
             raise AttackError(f"dataset {dataset!r} has only {len(plain)} images; ask for fewer pairs")

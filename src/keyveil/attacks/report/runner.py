@@ -119,6 +119,9 @@ def _known(r: Runner) -> None:
     for dataset in ("fashion-mnist", "photos"):
         for n in (1, 2, 4, 8):
             r.run("known-plaintext", "pixel", dataset, fig, "{pairs} known pairs", n=n, test_n=6)
+    for name in ("pixel-np", "etc", "vit", "block", "le", "ele"):  # values (nibbles for LE/ELE) with flips
+        for n in (1, 2, 4, 8):
+            r.run("known-plaintext", name, "fashion-mnist", fig, "{pairs} known pairs", n=n, test_n=6)
 
 
 def _cot(r: Runner) -> None:
