@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..atomic import save_torch_atomic
 from ..keys import Key
 from ..schemes import create
 from .errors import KeyedModelError
@@ -81,6 +82,7 @@ def save_keyed(
     *,
     include_key_material: bool = False,
     extra: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Save a keyed model; without its key material unless asked.
 
@@ -91,9 +93,16 @@ def save_keyed(
             folded weights: the file is then as secret as the key) instead of
             the plain weights.
         extra: JSON-like metadata to store beside it (e.g. ``{"num_classes": 10}``).
+        overwrite: replace an existing ``path``; otherwise :class:`FileExistsError`.
 
     Returns:
         The checkpoint's metadata (everything but the state dict).
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is false.
+
+    The file is written atomically (:func:`keyveil.atomic.write_atomic`); with
+    key material it gets mode 0600 from its first byte, like a key file.
 
     Notes:
         A checkpoint saved with ``include_key_material=True`` is the key:
@@ -118,16 +127,21 @@ def save_keyed(
         "extra": dict(extra or {}),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in state.items()},
     }
-    torch.save(payload, Path(path))
+    save_torch_atomic(payload, path, secret=bool(include_key_material), overwrite=overwrite)
     return {k: v for k, v in payload.items() if k != "state_dict"}
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load and check a keyed checkpoint's dict (``weights_only``: no code runs)."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if not Path(path).is_file():
+        raise KeyedModelError(f"checkpoint {path} is a folder, not a checkpoint file")
     try:
         payload = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"checkpoint {path} does not exist") from None
+    except Exception as exc:  # torch raises many kinds for a corrupt or foreign file
+        raise KeyedModelError(f"{path} cannot be read as a checkpoint ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise KeyedModelError(f"{path} is not a keyed-model checkpoint (format must be {CHECKPOINT_FORMAT!r}); "
                               "plain checkpoints are converted with keyveil.models.keyed or `keyveil convert`")
