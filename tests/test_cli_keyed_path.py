@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -205,3 +208,22 @@ def test_convert_a_keyveil_trained_resnet18_with_a_one_channel_stem(tmp_path):
         reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
     assert reports["keyed"]["predictions"] == reports["plain"]["predictions"]
     assert torch.tensor(reports["keyed"]["confusion"]).sum() == reports["keyed"]["n"] == 30  # 3 per class
+
+
+def test_the_readme_sequence_runs_as_written(tmp_path, monkeypatch, capsys):
+    """README's train → convert → evaluate block, on mnist5k with fewer images (same flags otherwise)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```bash\n(.*?)```", readme, flags=re.S) if "keyveil convert --checkpoint" in b]
+    assert len(blocks) == 1, "README should show the train -> convert -> evaluate sequence once"
+    monkeypatch.chdir(tmp_path)
+    printed = []
+    for line in blocks[0].strip().splitlines():
+        argv = shlex.split(line.split("#")[0])
+        assert argv[0] == "keyveil", line
+        argv = [{"fashion-mnist": "mnist5k", "2000": "600", "500": "100"}.get(a, a) for a in argv[1:]]
+        assert main(argv) == 0, line
+        printed += [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("accuracy ")]
+    assert len(printed) == 2 and printed[0] == printed[1]
+    plain, keyed = (json.loads((tmp_path / f"{n}.eval.json").read_text()) for n in ("plain", "keyed"))
+    assert plain["predictions"] == keyed["predictions"] and plain["n"] == 100
+    assert not read_checkpoint(tmp_path / "keyed.pt")["contains_key_material"]
