@@ -227,3 +227,37 @@ def test_the_readme_sequence_runs_as_written(tmp_path, monkeypatch, capsys):
     plain, keyed = (json.loads((tmp_path / f"{n}.eval.json").read_text()) for n in ("plain", "keyed"))
     assert plain["predictions"] == keyed["predictions"] and plain["n"] == 100
     assert not read_checkpoint(tmp_path / "keyed.pt")["contains_key_material"]
+
+
+def test_convert_a_keyveil_trained_vit_for_the_vit_scheme(tmp_path):
+    key = Key.from_seed(22)
+    key.save(tmp_path / "key.json")
+    plain = tmp_path / "vit.pt"
+    assert main(["train", "--dataset", "mnist5k", "--limit", "60", "--test-limit", "30", "--epochs", "1",
+                 "--model", "vit_mini", "--quiet", "-o", str(plain)]) == 0
+    assert main(["convert", "--checkpoint", str(plain), "--scheme", "vit", "--key", str(tmp_path / "key.json"),
+                 "-o", str(tmp_path / "k.pt")]) == 0
+    assert read_checkpoint(tmp_path / "k.pt")["config"]["input_size"] == [1, 28, 28]  # a 1-channel patch stem
+    reports = {}
+    for name, flags in {"plain": ["--checkpoint", str(plain), "--plain"],
+                        "keyed": ["--checkpoint", str(tmp_path / "k.pt"), "--key", str(tmp_path / "key.json")],
+                        "fly": ["--checkpoint", str(plain), "--keyed", "features", "--scheme", "vit", "--key",
+                                str(tmp_path / "key.json")]}.items():
+        assert main(["evaluate", "--test-limit", "30", *flags, "-o", str(tmp_path / f"{name}.json")]) == 0
+        reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert reports["keyed"]["predictions"] == reports["plain"]["predictions"] == reports["fly"]["predictions"]
+    assert reports["keyed"]["scheme"]["scheme"] == "vit"
+
+
+def test_load_keyed_rebuilds_a_keyveil_architecture_from_the_file(run):
+    """The Python API reads what the CLI wrote: no model argument, the key re-attaches."""
+    from keyveil.data import create_dataset
+    from keyveil.engine import model_from_checkpoint
+    from keyveil.models import load_keyed
+
+    tmp, key = run
+    km = load_keyed(tmp / "keyed.pt", key=key)
+    plain = model_from_checkpoint(tmp / "plain.pt")
+    x = torch.stack([create_dataset("mnist5k", "test")[i][0] for i in range(8)]).float() / 255
+    with torch.no_grad():
+        assert (km(schemes.create("pixel", key).encrypt(x)) - plain(x)).abs().max() < 1e-4

@@ -77,17 +77,14 @@ def load_keyed_model(path: str | os.PathLike[str], payload: dict[str, Any], key:
     it is then only the images' key); one without needs the very key it was
     made with (:func:`keyveil.models.load_keyed` checks the fingerprint).
     """
-    from ..engine import model_skeleton
     from ..models import load_keyed
 
-    spec = payload.get("extra", {}).get("model")
-    plain = model_skeleton(spec) if spec else None
     if payload["contains_key_material"]:
-        return load_keyed(path, plain)
+        return load_keyed(path)
     if key is None:
         raise KeyedCommandError(f"{path} holds no key material (the default): pass --key KEYFILE with the key "
-                           f"{payload['key_fingerprint']} it was converted with")
-    return load_keyed(path, plain, key=key)
+                                f"{payload['key_fingerprint']} it was converted with")
+    return load_keyed(path, key=key)
 
 
 def describe_key_material(args: argparse.Namespace) -> bool:
