@@ -187,9 +187,16 @@ def test_evaluate_keyed_refuses_what_it_cannot_do(run, capsys):
          "already takes encrypted images"),
         (["convert", "--checkpoint", str(tmp / "keyed.pt"), "--key", str(tmp / "key.json"), "-o", str(tmp / "e.pt")],
          "already a keyed model"),
+        (["convert", "--checkpoint", str(tmp), "--key", str(tmp / "key.json"), "-o", str(tmp / "e.pt")],
+         "is a folder"),
+        (["evaluate", "--checkpoint", str(tmp / "keyed.pt"), "--key", str(tmp / "key.json"), "--dataset",
+          "att-faces"], "takes 1x28x28 images; att-faces/test has 1x112x92"),
+        (["evaluate", "--checkpoint", str(tmp / "plain.pt"), "--dataset", "att-faces"], "takes 1x28x28 images"),
     ]:
         assert main([*argv, "--test-limit", "20"] if argv[0] == "evaluate" else argv) == 2, argv
-        assert message in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp / "e.pt").exists()
 
 
 def test_convert_a_keyveil_trained_resnet18_with_a_one_channel_stem(tmp_path):

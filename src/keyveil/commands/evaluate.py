@@ -29,11 +29,16 @@ from typing import Any
 from ..atomic import write_atomic
 from ..data import ImageDataset, create_dataset
 from ..engine import CheckpointError, EvalResult, evaluate, load_checkpoint, model_from_checkpoint
+from ..errors import KeyveilError
 from ..keys import Key
 from ..schemes import Scheme, create, scheme_class
 from ._keyed import KeyedCommandError, keyed_checkpoint_payload, load_key, load_keyed_model
 from .crypt import parse_options
 from .train import add_data_args, build_scheme, dataset_options, encrypt_split
+
+
+class EvaluateError(KeyveilError):
+    """The evaluation asked for cannot run: no dataset, no key, images the model does not take."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -61,6 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.output and Path(args.output).is_dir():
+        raise EvaluateError(f"-o {args.output} is a folder; give the JSON report's file name")
     try:
         state = load_checkpoint(args.checkpoint)
     except CheckpointError:
@@ -85,13 +92,15 @@ def run(args: argparse.Namespace) -> int:
         options = args.option if (args.scheme or args.option) else dict(ck_scheme.get("params", {}))
         needs = scheme_class(name).needs_key
         if needs and not args.key and not args.wrong_key:
-            raise ValueError(f"the images must be encrypted with {name!r} (the checkpoint was trained on it, key "
+            raise EvaluateError(f"the images must be encrypted with {name!r} (the checkpoint was trained on it, key "
                              f"{(ck_scheme or {}).get('key_fingerprint')}): pass --key KEYFILE, or --wrong-key / "
                              "--plain to test without it")
         scheme = build_scheme(name, args.key, options, wrong_key=args.wrong_key)
     else:
         scheme = None
     ds = _test_split(args, state.get("dataset") or {})
+    kw = state["model_kwargs"]
+    _check_geometry(args, (int(kw["in_channels"]), *(int(v) for v in kw["image_size"])), ds)
     fp = scheme.key.fingerprint if scheme is not None and scheme.key is not None else None
     if (keyed_info is None and ck_scheme and fp and ck_scheme.get("key_fingerprint") not in (None, fp)
             and not args.wrong_key):
@@ -103,9 +112,17 @@ def _dataset_from(args: argparse.Namespace, trained: dict[str, Any]) -> None:
     """Default ``--dataset``/``--data-dir`` to what the checkpoint was trained on."""
     args.dataset = args.dataset or trained.get("name")
     if args.dataset is None:
-        raise KeyedCommandError(f"{args.checkpoint} does not name its dataset; pass --dataset")
+        raise EvaluateError(f"{args.checkpoint} does not name its dataset; pass --dataset")
     if args.data_dir is None and args.dataset == trained.get("name"):
         args.data_dir = trained.get("data_dir")
+
+
+def _check_geometry(args: argparse.Namespace, takes: tuple[int, ...], ds: ImageDataset) -> None:
+    has = (ds.channels, *ds.size)
+    if tuple(takes) != tuple(has):
+        raise EvaluateError(f"{args.checkpoint} takes {'x'.join(map(str, takes))} images; {args.dataset}/"
+                            f"{args.split} has {'x'.join(map(str, has))}: evaluate it on the dataset it was "
+                            "trained on (imagefolder: --image-size H W, --mode L or RGB)")
 
 
 def _test_split(args: argparse.Namespace, trained: dict[str, Any]) -> ImageDataset:
@@ -120,7 +137,7 @@ def _image_scheme(name: str, params: dict[str, Any], key: Key | None, args: argp
     if args.wrong_key:
         key = Key.generate()
     elif key is None:
-        raise KeyedCommandError(f"the keyed model runs on {name}-encrypted images: pass --key KEYFILE (or "
+        raise EvaluateError(f"the keyed model runs on {name}-encrypted images: pass --key KEYFILE (or "
                                 "--wrong-key / --plain to see it fail without the key)")
     return create(name, key, **params)
 
@@ -174,10 +191,7 @@ def _run_keyed_checkpoint(args: argparse.Namespace, payload: dict[str, Any]) -> 
     scheme = _image_scheme(cfg.scheme, cfg.scheme_params, key, args)
     _dataset_from(args, extra.get("dataset") or {})
     ds = _test_split(args, extra.get("dataset") or {})
-    shape = (ds.channels, *ds.size)
-    if tuple(cfg.input_size) != tuple(shape):
-        raise KeyedCommandError(f"{args.checkpoint} takes {'x'.join(map(str, cfg.input_size))} images; "
-                                f"{args.dataset}/{args.split} has {'x'.join(map(str, shape))}")
+    _check_geometry(args, tuple(cfg.input_size), ds)
     info = {"mode": cfg.mode, "key_fingerprint": cfg.key_fingerprint, "converted": "keyveil convert",
             "scheme": cfg.scheme, "kind": cfg.kind, "contains_key_material": bool(payload["contains_key_material"])}
     return _evaluate_and_report(args, model.to(args.device), ds, scheme, extra.get("num_classes") or ds.num_classes,
