@@ -92,9 +92,9 @@ def run(args: argparse.Namespace) -> int:
         options = args.option if (args.scheme or args.option) else dict(ck_scheme.get("params", {}))
         needs = scheme_class(name).needs_key
         if needs and not args.key and not args.wrong_key:
-            raise EvaluateError(f"the images must be encrypted with {name!r} (the checkpoint was trained on it, key "
-                             f"{(ck_scheme or {}).get('key_fingerprint')}): pass --key KEYFILE, or --wrong-key / "
-                             "--plain to test without it")
+            raise EvaluateError(f"the images must be encrypted with {name!r} (the checkpoint was trained on it, "
+                                f"key {(ck_scheme or {}).get('key_fingerprint')}): pass --key KEYFILE, or "
+                                "--wrong-key / --plain to test without it")
         scheme = build_scheme(name, args.key, options, wrong_key=args.wrong_key)
     else:
         scheme = None
@@ -138,7 +138,7 @@ def _image_scheme(name: str, params: dict[str, Any], key: Key | None, args: argp
         key = Key.generate()
     elif key is None:
         raise EvaluateError(f"the keyed model runs on {name}-encrypted images: pass --key KEYFILE (or "
-                                "--wrong-key / --plain to see it fail without the key)")
+                            "--wrong-key / --plain to see it fail without the key)")
     return create(name, key, **params)
 
 
