@@ -99,9 +99,9 @@ def test_cli_convert(tmp_path, capsys):
     net = torchvision.models.resnet18(num_classes=7).eval()
     torch.save({"model": net.state_dict(), "epoch": 3}, tmp_path / "plain.pt")
     KEY.save(tmp_path / "key.json")
-    rc = main(["convert", "--checkpoint", str(tmp_path / "plain.pt"), "--arch", "resnet18", "--key",
+    rc = main(["convert", "--checkpoint", str(tmp_path / "plain.pt"), "--model", "resnet18", "--key",
                str(tmp_path / "key.json"), "--scheme", "pixel", "--mode", "features", "--input-size", "32", "32",
-               "-o", str(tmp_path / "keyed.pt")])
+               "--with-key-material", "-o", str(tmp_path / "keyed.pt")])
     out = capsys.readouterr().out
     assert rc == 0 and "contains key material" in out and KEY.fingerprint in out
     payload = read_checkpoint(tmp_path / "keyed.pt")
@@ -110,6 +110,6 @@ def test_cli_convert(tmp_path, capsys):
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert (km(schemes.create("pixel", KEY).encrypt(x)) - net(x)).abs().max() < 1e-4
-    rc = main(["convert", "--checkpoint", str(tmp_path / "plain.pt"), "--arch", "resnet18", "--key",
+    rc = main(["convert", "--checkpoint", str(tmp_path / "plain.pt"), "--model", "resnet18", "--key",
                str(tmp_path / "key.json"), "-o", str(tmp_path / "k2.pt")])
     assert rc == 2 and "input_size" in capsys.readouterr().err

@@ -201,6 +201,11 @@ class Key:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise KeyFileError(f"key file {path} does not exist") from None
+        except IsADirectoryError:
+            raise KeyFileError(f"key file {path} is a folder, not a key file: give the file `keyveil keygen` "
+                               "wrote (e.g. key.json)") from None
+        except OSError as exc:  # permissions, a device, a broken link...
+            raise KeyFileError(f"key file {path} cannot be read ({exc.strerror or type(exc).__name__})") from None
         except UnicodeDecodeError:
             raise KeyFileError(f"key file {path} is not text (not a keyveil key file)") from None
         return cls.from_json(text, source=str(path))

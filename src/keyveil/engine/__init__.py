@@ -9,7 +9,15 @@ Examples:
 
 from __future__ import annotations
 
-from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    ResumeError,
+    check_resumable,
+    load_checkpoint,
+    model_from_checkpoint,
+    model_skeleton,
+    save_checkpoint,
+)
 from .distributed import DistInfo, init_distributed, is_main_process
 from .dp import (
     PrivacyConfig,
@@ -62,6 +70,9 @@ __all__ = [
     "load_checkpoint",
     "model_from_checkpoint",
     "CheckpointError",
+    "ResumeError",
+    "check_resumable",
+    "model_skeleton",
     "DistInfo",
     "init_distributed",
     "is_main_process",

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from .optim import make_optimizer
 
@@ -49,13 +49,18 @@ def to_input(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
 
 @dataclass
 class EvalResult:
-    """Accuracy, mean loss and confusion matrix (rows: true class, columns: predicted)."""
+    """Accuracy, mean loss, confusion matrix (rows: true class, columns: predicted) and every prediction.
+
+    ``predictions[i]`` is the predicted class of the dataset's ``i``-th image
+    (in order), so two runs can be compared image by image.
+    """
 
     accuracy: float
     loss: float
     n: int
     correct: int
     confusion: list[list[int]] = field(default_factory=list)
+    predictions: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,17 +157,20 @@ def evaluate(model: nn.Module, dataset: Dataset, *, num_classes: int | None = No
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     confusion = torch.zeros(k, k, dtype=torch.int64)
     loss_sum, n = 0.0, 0
+    predictions: list[torch.Tensor] = []
     for images, labels in _bar(loader, enabled=progress, desc=desc, unit="batch"):
         logits = model(to_input(images, device))
         y = labels.to(logits.device)
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         pred = logits.argmax(1)
+        predictions.append(pred.cpu())
         confusion += torch.bincount((y * k + pred).cpu(), minlength=k * k).reshape(k, k)
         n += y.shape[0]
     model.train(was_training)
     correct = int(confusion.diagonal().sum())
     return EvalResult(accuracy=correct / max(n, 1), loss=loss_sum / max(n, 1), n=n, correct=correct,
-                      confusion=confusion.tolist())
+                      confusion=confusion.tolist(),
+                      predictions=torch.cat(predictions).tolist() if predictions else [])
 
 
 def _cosine(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -252,10 +260,7 @@ def fit(
     meta = dict(meta or {})
     if resume is not None:
         state = load_checkpoint(resume, map_location=dev)
-        for field_name in ("arch", "scheme"):
-            if field_name in meta and state.get(field_name) != meta[field_name]:
-                raise ValueError(f"cannot resume from {resume}: it was trained with {field_name} "
-                                 f"{state.get(field_name)!r}, this run uses {meta[field_name]!r}")
+        check_resumable(state, meta, resume)
         model.load_state_dict(state["model_state"])
         opt.load_state_dict(state["optimizer_state"])
         if sched is not None and state.get("scheduler_state"):

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..atomic import save_torch_atomic
 from ..keys import Key
 from ..schemes import create
 from .errors import KeyedModelError
@@ -81,6 +82,7 @@ def save_keyed(
     *,
     include_key_material: bool = False,
     extra: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Save a keyed model; without its key material unless asked.
 
@@ -91,9 +93,16 @@ def save_keyed(
             folded weights: the file is then as secret as the key) instead of
             the plain weights.
         extra: JSON-like metadata to store beside it (e.g. ``{"num_classes": 10}``).
+        overwrite: replace an existing ``path``; otherwise :class:`FileExistsError`.
 
     Returns:
         The checkpoint's metadata (everything but the state dict).
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is false.
+
+    The file is written atomically (:func:`keyveil.atomic.write_atomic`); with
+    key material it gets mode 0600 from its first byte, like a key file.
 
     Notes:
         A checkpoint saved with ``include_key_material=True`` is the key:
@@ -118,16 +127,21 @@ def save_keyed(
         "extra": dict(extra or {}),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in state.items()},
     }
-    torch.save(payload, Path(path))
+    save_torch_atomic(payload, path, secret=bool(include_key_material), overwrite=overwrite)
     return {k: v for k, v in payload.items() if k != "state_dict"}
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load and check a keyed checkpoint's dict (``weights_only``: no code runs)."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if not Path(path).is_file():
+        raise KeyedModelError(f"checkpoint {path} is a folder, not a checkpoint file")
     try:
         payload = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"checkpoint {path} does not exist") from None
+    except Exception as exc:  # torch raises many kinds for a corrupt or foreign file
+        raise KeyedModelError(f"{path} cannot be read as a checkpoint ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise KeyedModelError(f"{path} is not a keyed-model checkpoint (format must be {CHECKPOINT_FORMAT!r}); "
                               "plain checkpoints are converted with keyveil.models.keyed or `keyveil convert`")
@@ -138,6 +152,13 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _build_arch(cfg: KeyedConfig, extra: dict[str, Any]) -> nn.Module:
+    spec = extra.get("model")
+    if isinstance(spec, dict) and spec.get("arch"):
+        # Written by `keyveil convert` from a `keyveil train` checkpoint: keyveil's builders
+        # (smallcnn, vit_mini, torchvision models adapted to small or grayscale images).
+        from ..engine.checkpoint import model_skeleton
+
+        return model_skeleton(spec)
     if not cfg.arch:
         raise KeyedModelError("the checkpoint does not name its architecture: pass model=<a plain instance of it>")
     import torchvision
@@ -145,7 +166,21 @@ def _build_arch(cfg: KeyedConfig, extra: dict[str, Any]) -> nn.Module:
     kwargs = {"num_classes": int(extra["num_classes"])} if "num_classes" in extra else {}
     if cfg.kind == "vit":
         kwargs["image_size"] = cfg.input_size[-1]
-    return torchvision.models.get_model(cfg.arch, weights=None, **kwargs)
+    try:
+        return torchvision.models.get_model(cfg.arch, weights=None, **kwargs)
+    except ValueError as exc:
+        raise KeyedModelError(f"the checkpoint's architecture {cfg.arch!r} is not a torchvision model ({exc}): "
+                              "pass model=<a plain instance of it>") from None
+
+
+def _load_state(module: nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()]
+        detail = "; ".join(lines[:3]) + (f" (+{len(lines) - 3} more)" if len(lines) > 3 else "")
+        raise KeyedModelError(f"{path} does not fit the model it is loaded into: {detail}. Pass model=<a plain "
+                              "instance of the architecture it was converted from>") from None
 
 
 def load_keyed(
@@ -160,8 +195,10 @@ def load_keyed(
     Args:
         path: the checkpoint.
         model: a plain instance of the architecture (its weights are
-            replaced). May be omitted when the checkpoint names a torchvision
-            architecture (``config.arch``, set by ``keyveil convert``).
+            replaced). May be omitted when the checkpoint says how to build it:
+            ``extra["model"]`` (``keyveil convert`` of a ``keyveil train``
+            checkpoint: rebuilt by :func:`keyveil.engine.model_skeleton`) or a
+            torchvision name in ``config.arch``.
         key: the key. Required when the checkpoint holds no key material;
             when given, it must match the recorded fingerprint.
         check: run the self-check when re-keying.
@@ -188,11 +225,11 @@ def load_keyed(
         stand_in = Key(bytes(32))
         out = keyed(model, stand_in, scheme=create(cfg.scheme, stand_in, **cfg.scheme_params), check=False,
                     **options)
-        out.load_state_dict(state)
+        _load_state(out, state, path)
     else:
         if key is None:
             raise KeyedModelError(f"{path} holds no key material: pass key=<the key {payload['key_fingerprint']}>")
-        model.load_state_dict(state)
+        _load_state(model, state, path)
         out = keyed(model, key, scheme=create(cfg.scheme, key, **cfg.scheme_params), check=check, **options)
     out.keyveil_config = cfg
     return out.eval()

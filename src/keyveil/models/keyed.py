@@ -233,7 +233,7 @@ def keyed(
         from .keyed_vit import keyed_vit
 
         out = keyed_vit(model, key, sch, mean=mean, std=std)
-        size = (3, model.image_size, model.image_size)
+        size = (int(model.conv_proj.in_channels), model.image_size, model.image_size)
         cfg = KeyedConfig("vit", name, sch.params_dict(), "fold", size, key.fingerprint,
                           mean=None if mean is None else tuple(float(v) for v in mean),
                           std=None if std is None else tuple(float(v) for v in std))

@@ -25,7 +25,10 @@ THREAT_MODEL = [
     "- **A keyed model is the key.** A keyed CNN (and a checkpoint saved with key material) stores the key's "
     "permutations as buffers; anyone holding it reads the key off them, or recovers it by running the model "
     "on three probe images, in every mode. Only the key holder, or a party already trusted with the plain "
-    "images, may hold a keyed model; serving one on an untrusted server gives that server the key.",
+    "images, may hold a keyed model; serving one on an untrusted server gives that server the key. "
+    "`keyveil convert` and `save_keyed` write no key material by default (plain weights, settings and the key's "
+    "fingerprint; the key re-attaches on load); `--with-key-material` / `include_key_material=True` writes a "
+    "key-equivalent file, with mode 0600 like a key file.",
     "- **Obfuscations that are not ciphers** (`noise`, `instahide`): additive noise leaves the image "
     "in place; InstaHide's mixtures fall to Carlini et al.'s attack once the attacker sees each private image "
     "in several encodings, as a server does over training epochs (section instahide).",
