@@ -3,14 +3,14 @@
 Given the analysis (:func:`keyveil.models.analyzer.analyze`) and the key's
 permutation for every map size, :func:`rewrite` edits the traced graph in place:
 
-* ``features``: every spatial node reads an un-scrambled copy of its input
-  (one gather, shared by the node's spatial consumers) and its output is
-  scrambled again; a strided 1×1 convolution reads its input positions with
-  one gather (:class:`~keyveil.models.layers.StridedPointwiseConv2d`);
-* ``deformable``: convolutions, pools and resizes are rebuilt to read and
-  write scrambled maps by index (:class:`~keyveil.models.layers.DeformableConv2d`,
-  :class:`~keyveil.models.layers.DeformablePool2d`,
-  :class:`~keyveil.models.layers.DeformableResize`);
+* every spatial node is replaced by the keyed layer its family's conversion
+  (:func:`keyveil.models.rules.conversion_rule`) builds: in ``deformable``
+  mode convolutions, pools and resizes that read and write scrambled maps by
+  index; in ``features`` mode a strided 1×1 convolution that reads its input
+  positions with one gather;
+* otherwise (``features`` mode) the node reads an un-scrambled copy of its
+  input (one gather, shared by the node's spatial consumers) and its output
+  is scrambled again;
 * both: a ``Linear`` fed by a flattened map gets the permutation folded into
   its columns, and every scrambled map the model returns is un-scrambled once
   before the output.
@@ -24,16 +24,10 @@ import torch
 from torch import fx, nn
 
 from ..schemes.functional import invert_permutation
-from .geometry import is_plain_forward, start_padding
-from .layers import (
-    DeformableConv2d,
-    DeformablePool2d,
-    DeformableResize,
-    FoldedLinear,
-    PositionPermutation,
-    StridedPointwiseConv2d,
-)
-from .layout import Analysis, shape_of
+from .errors import KeyedModelError
+from .layers import FoldedLinear, PositionPermutation
+from .layout import Analysis, Site, shape_of
+from .rules import conversion_for
 
 __all__ = ["rewrite"]
 
@@ -86,55 +80,38 @@ def rewrite(gm: fx.GraphModule, result: Analysis, *, mode: str, perm: Permutatio
         in_shape, out_shape = shape_of(src), shape_of(node)
         in_hw, out_hw = (in_shape[2], in_shape[3]), (out_shape[2], out_shape[3])
         module = gm.get_submodule(node.target) if node.op == "call_module" else None
-        if mode == "features" and isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and (
-            is_plain_forward(module) and start_padding(module, in_hw) == (0, 0)
-        ):  # strided 1x1 conv: one gather straight from the scrambled input to the scrambled output
-            in_perm = perm(*in_hw) if in_lay is not None else None
-            out_perm = perm(*out_hw) if out_lay is not None else None
-            place(node, StridedPointwiseConv2d(module, in_hw=in_hw, out_hw=out_hw, in_perm=in_perm,
-                                               out_perm=out_perm))
-            continue
-        if mode == "features":
-            if in_lay is not None:
-                u = plain_copies.get(src)
-                if u is None:  # one un-scrambled copy per scrambled map, shared by its spatial consumers
-                    name = new_name("unscramble")
-                    gm.add_submodule(name, PositionPermutation(invert_permutation(perm(*in_hw)), in_hw,
-                                                                  keep_format=False).to(device))
-                    with graph.inserting_after(src):
-                        u = plain_copies[src] = graph.call_module(name, (src,))
-                    u.meta = dict(src.meta)
-                node.replace_input_with(src, u)
-            if out_lay is not None:
-                name = new_name("scramble")
-                gm.add_submodule(name, PositionPermutation(perm(*out_hw), out_hw, keep_format=False).to(device))
-                with graph.inserting_after(node):
-                    s = graph.call_module(name, (node,))
-                s.meta = dict(node.meta)
-                result.layouts[s] = out_lay
-                node.replace_all_uses_with(s, delete_user_cb=lambda user, s=s: user is not s)
-                scrambled_of[node] = s
-            continue
-        in_perm = perm(*in_hw) if in_lay is not None else None
-        out_perm = perm(*out_hw) if out_lay is not None else None
-        if module is None or isinstance(module, nn.Upsample):  # a resize: F.interpolate or nn.Upsample
-            new = DeformableResize(module if module is not None else _fixed_resize(node, out_hw), in_hw=in_hw,
-                                   out_hw=out_hw, in_perm=in_perm, out_perm=out_perm,
-                                   name=type(module).__name__ if module is not None else "interpolate")
+        site = Site(mode, in_hw, out_hw, perm(*in_hw) if in_lay is not None else None,
+                    perm(*out_hw) if out_lay is not None else None, kernel)
+        convert = conversion_for(module if module is not None else node.target)
+        new = None if convert is None else convert(module if module is not None else _fixed_resize(node, out_hw), site)
+        if new is not None:
             if module is None:
                 swap(node, new.to(device), src)
             else:
                 place(node, new.to(device))
             continue
-        if isinstance(module, nn.Conv2d):
-            new = DeformableConv2d(module, in_hw=in_hw, out_hw=out_hw, in_perm=in_perm, out_perm=out_perm,
-                                   kernel=kernel, padding=start_padding(module, in_hw))
-        else:
-            pad = None if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) else \
-                start_padding(module, in_hw)
-            new = DeformablePool2d(module, in_hw=in_hw, out_hw=out_hw, in_perm=in_perm, out_perm=out_perm,
-                                   padding=pad)
-        place(node, new.to(device))
+        if mode != "features":
+            raise KeyedModelError(f"no {mode} conversion is registered for {node.format_node()} "
+                                  "(keyveil.models.rules.conversion_rule); use mode='features'")
+        if in_lay is not None:
+            u = plain_copies.get(src)
+            if u is None:  # one un-scrambled copy per scrambled map, shared by its spatial consumers
+                name = new_name("unscramble")
+                gm.add_submodule(name, PositionPermutation(invert_permutation(perm(*in_hw)), in_hw,
+                                                          keep_format=False).to(device))
+                with graph.inserting_after(src):
+                    u = plain_copies[src] = graph.call_module(name, (src,))
+                u.meta = dict(src.meta)
+            node.replace_input_with(src, u)
+        if out_lay is not None:
+            name = new_name("scramble")
+            gm.add_submodule(name, PositionPermutation(perm(*out_hw), out_hw, keep_format=False).to(device))
+            with graph.inserting_after(node):
+                s = graph.call_module(name, (node,))
+            s.meta = dict(node.meta)
+            result.layouts[s] = out_lay
+            node.replace_all_uses_with(s, delete_user_cb=lambda user, s=s: user is not s)
+            scrambled_of[node] = s
     for node in result.folds:
         lay = result.layouts[node.args[0]]
         place(node, FoldedLinear.fold(gm.get_submodule(node.target), perm(lay.h, lay.w), lay.flat))

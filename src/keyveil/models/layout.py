@@ -14,12 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import fx
 from torch.fx.passes.shape_prop import TensorMetadata
 
 from .errors import UnsupportedOp
 
-__all__ = ["Scrambled", "Analysis", "shape_of", "spatial_layout", "module_path", "tensor_leaves", "op_name"]
+__all__ = ["Scrambled", "Analysis", "Site", "shape_of", "spatial_layout", "module_path", "tensor_leaves", "op_name"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,27 @@ class Analysis:
     folds: list[fx.Node] = field(default_factory=list)  # Linear nodes fed by a flat scrambled map
     outputs: list[fx.Node] = field(default_factory=list)  # scrambled maps the model returns
     problems: list[UnsupportedOp] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where a spatial node sits, as its conversion sees it.
+
+    Attributes:
+        mode: ``"features"`` or ``"deformable"``.
+        in_hw, out_hw: the input and output map sizes.
+        in_perm, out_perm: the key's permutations of the input and output maps
+            (``None``: that map is in plain order, e.g. a 1×1 output or a map
+            the model returns).
+        kernel: deformable mode's convolution kernel (``"gather"`` or ``"deform_conv2d"``).
+    """
+
+    mode: str
+    in_hw: tuple[int, int]
+    out_hw: tuple[int, int]
+    in_perm: torch.Tensor | None
+    out_perm: torch.Tensor | None
+    kernel: str = "gather"
 
 
 def op_name(target: Any) -> str:

@@ -20,6 +20,10 @@ A node without a rule is fine when it touches no scrambled map and a problem
 otherwise; the analyzer collects every problem and
 :class:`~keyveil.models.UnsupportedModelError` lists them all at once.
 
+A spatial family also registers its *conversion* (``@conversion_rule(nn.Conv2d)``):
+the keyed layer that replaces such a node (``deformable`` mode's
+index-reading convolution, say), looked up the same way.
+
 Model libraries add their layers from a loader registered with
 :func:`library_rules`, run the first time a rule is looked up after the
 library was imported (so nothing here imports a library a model did not):
@@ -40,12 +44,13 @@ from typing import Any
 from torch import nn
 
 __all__ = [
-    "Rule", "layout_rule", "library_rules", "rule_for_module", "rule_for_function", "rule_for_method",
-    "list_rules", "register_leaf_modules", "leaf_module_types", "register_autowrap_functions",
+    "Rule", "Conversion", "layout_rule", "conversion_rule", "library_rules", "rule_for_module",
+    "rule_for_function", "rule_for_method", "conversion_for", "list_rules", "register_leaf_modules", "leaf_module_types", "register_autowrap_functions",
     "autowrap_functions", "register_same_padded", "same_padded",
 ]
 
 Rule = Callable[[Any], None]  # takes a keyveil.models.steps.Step
+Conversion = Callable[[Any, Any], "nn.Module | None"]  # (module or resize function, keyveil.models.layout.Site)
 
 _MODULE_RULES: dict[type[nn.Module], Rule] = {}
 _FUNCTION_RULES: dict[Any, Rule] = {}
@@ -55,6 +60,7 @@ _LEAF_PROVIDERS: list[Callable[[], Iterable[type[nn.Module]]]] = []
 _AUTOWRAP_PROVIDERS: list[Callable[[], Iterable[Any]]] = []
 _SAME_PADDED: dict[type[nn.Module], bool] = {}  # class -> computes its torch.nn parent's op (plain forward)
 _PENDING_LIBRARIES: dict[str, list[Callable[[], None]]] = {}
+_CONVERSIONS: dict[Any, Conversion] = {}
 
 
 def _add(table: dict[Any, Rule], key: Any, rule: Rule, what: str) -> None:
@@ -105,6 +111,26 @@ def layout_rule(*targets: type[nn.Module] | Callable[..., Any] | str, names: tup
     return register
 
 
+def conversion_rule(*targets: type[nn.Module] | Callable[..., Any]) -> Callable[[Conversion], Conversion]:
+    """Register how the spatial nodes calling ``targets`` (module classes or functions) are converted.
+
+    The conversion gets the module (or, for a function, the call as a
+    function of its input) and the :class:`~keyveil.models.layout.Site`
+    (sizes, permutations, mode) and returns the keyed layer that replaces it,
+    or ``None`` in ``features`` mode for the generic un-scramble → op →
+    scramble wrapping. A layout rule that calls ``step.spatial()`` needs one.
+    """
+
+    def register(conversion: Conversion) -> Conversion:
+        for target in dict.fromkeys(targets):
+            if not callable(target) or isinstance(target, str):
+                raise TypeError(f"a conversion rule targets module classes or functions; got {target!r}")
+            _add(_CONVERSIONS, target, conversion, "the conversion of")
+        return conversion
+
+    return register
+
+
 def library_rules(module_name: str) -> Callable[[Callable[[], None]], Callable[[], None]]:
     """Register a loader of a model library's rules, run once ``module_name`` has been imported."""
 
@@ -147,8 +173,22 @@ def rule_for_method(name: str) -> Rule | None:
     return _METHOD_RULES.get(name)
 
 
+def conversion_for(target: nn.Module | Callable[..., Any]) -> Conversion | None:
+    """The conversion of a module (nearest class in its MRO) or of a function (by identity)."""
+    _load_libraries()
+    if isinstance(target, nn.Module):
+        for cls in type(target).__mro__:
+            if cls in _CONVERSIONS:
+                return _CONVERSIONS[cls]
+        return None
+    try:
+        return _CONVERSIONS.get(target)
+    except TypeError:  # unhashable callable
+        return None
+
+
 def list_rules() -> dict[str, list[str]]:
-    """Every registered target by kind: ``modules``, ``functions``, ``function_names``, ``methods``."""
+    """Every registered target by kind: ``modules``, ``functions``, ``function_names``, ``methods``, ``conversions``."""
     _load_libraries()
     return {
         "modules": sorted(f"{c.__module__}.{c.__qualname__}" for c in _MODULE_RULES),
@@ -156,6 +196,8 @@ def list_rules() -> dict[str, list[str]]:
                              for f in _FUNCTION_RULES}),
         "function_names": sorted(_FUNCTION_NAME_RULES),
         "methods": sorted(_METHOD_RULES),
+        "conversions": sorted(f"{getattr(t, '__module__', '')}.{getattr(t, '__qualname__', repr(t))}"
+                              for t in _CONVERSIONS),
     }
 
 

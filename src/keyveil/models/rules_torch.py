@@ -8,19 +8,29 @@ One rule per family (see :mod:`keyveil.models.rules`):
 * spatial: ``Conv2d`` (1×1 stride-1 unpadded ones are position-wise),
   max/avg/adaptive pooling (global pooling ends the layout), resizes;
 * shapes and axes: flatten/reshape/view, indexing, ``cat``/``chunk``/``split``,
-  ``transpose``/``permute``, reductions, tensor metadata.
+  ``transpose``/``permute``, reductions, tensor metadata;
+
+and the conversions of the spatial families (``@conversion_rule``): in
+``deformable`` mode, :class:`~keyveil.models.layers.DeformableConv2d`,
+:class:`~keyveil.models.layers.DeformablePool2d` and
+:class:`~keyveil.models.layers.DeformableResize`; in ``features`` mode the
+generic wrapping, except a strided 1×1 convolution
+(:class:`~keyveil.models.layers.StridedPointwiseConv2d`).
 """
 
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .geometry import is_plain_forward, start_padding
-from .rules import layout_rule
+from .layers import DeformableConv2d, DeformablePool2d, DeformableResize, StridedPointwiseConv2d
+from .layout import Site
+from .rules import conversion_rule, layout_rule
 from .steps import Step
 
 __all__ = ["ELEMENTWISE_MODULES", "CHANNEL_MODULES", "POSITIONWISE_MODULES", "SPATIAL_MODULES"]
@@ -245,3 +255,33 @@ def permute_method(step: Step) -> None:
 @layout_rule("mean", "sum", "amax", "amin")
 def reduction_method(step: Step) -> None:
     step.reduction(step.arg(1, "dim"))
+
+
+# -- keyed layers (conversion) ---------------------------------------------------------
+@conversion_rule(nn.Conv2d)
+def keyed_conv2d(m: nn.Conv2d, site: Site) -> nn.Module | None:
+    if site.mode == "features":
+        if m.kernel_size == (1, 1) and is_plain_forward(m) and start_padding(m, site.in_hw) == (0, 0):
+            # a strided 1x1 conv: one gather straight from the scrambled input to the scrambled output
+            return StridedPointwiseConv2d(m, in_hw=site.in_hw, out_hw=site.out_hw, in_perm=site.in_perm,
+                                          out_perm=site.out_perm)
+        return None
+    return DeformableConv2d(m, in_hw=site.in_hw, out_hw=site.out_hw, in_perm=site.in_perm, out_perm=site.out_perm,
+                            kernel=site.kernel, padding=start_padding(m, site.in_hw))
+
+
+@conversion_rule(nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+def keyed_pool2d(m: nn.Module, site: Site) -> nn.Module | None:
+    if site.mode == "features":
+        return None
+    pad = None if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) else start_padding(m, site.in_hw)
+    return DeformablePool2d(m, in_hw=site.in_hw, out_hw=site.out_hw, in_perm=site.in_perm, out_perm=site.out_perm,
+                            padding=pad)
+
+
+@conversion_rule(nn.Upsample, F.interpolate, F.upsample, F.upsample_bilinear, F.upsample_nearest)
+def keyed_resize(op: Callable[[torch.Tensor], torch.Tensor], site: Site) -> nn.Module | None:
+    if site.mode == "features":
+        return None
+    return DeformableResize(op, in_hw=site.in_hw, out_hw=site.out_hw, in_perm=site.in_perm, out_perm=site.out_perm,
+                            name=type(op).__name__ if isinstance(op, nn.Module) else "interpolate")
