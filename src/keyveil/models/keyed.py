@@ -35,9 +35,9 @@ from ..keys import Key
 from ..schemes import Scheme, create
 from ..schemes.block import BlockScramble
 from ..schemes.pixel import PixelShuffle
-from .analysis import analyze, propagate_shapes, trace
-from .errors import KeyedModelError, SelfCheckError, UnsupportedOp
-from .keyed_cnn import CNN_MODES, keyed_cnn
+from .analyzer import analyze_model
+from .errors import KeyedModelError, SelfCheckError, UnsupportedModelError, UnsupportedOp
+from .keyed_cnn import CNN_MODES, keyed_cnn, unflip_input
 
 __all__ = ["keyed", "KeyedConfig", "validate", "self_check", "resolve_input_size"]
 
@@ -250,8 +250,6 @@ def keyed(
         size = resolve_input_size(model, input_size)
         out = keyed_cnn(model, key, mode=mode, input_size=size, kernel=kernel)
         if sch.negapos:
-            from .keyed_cnn import unflip_input
-
             out = unflip_input(out, sch.flip_mask(size[1], size[2]), size[1:])
         cfg = KeyedConfig("cnn", name, sch.params_dict(), mode, size, key.fingerprint, kernel=kernel)
     else:
@@ -358,14 +356,10 @@ def validate(
     if mode not in CNN_MODES:
         raise KeyedModelError(f"mode must be one of {CNN_MODES}, got {mode!r}")
     c, h, w = resolve_input_size(model, input_size)
-    gm = trace(model)
     p = next(model.parameters(), None)
     example = torch.zeros(1, c, h, w, device=p.device if p is not None else "cpu")
-    propagate_shapes(gm, example)
-    problems = analyze(gm, mode=mode, unscramble_outputs=True).problems
+    problems = analyze_model(model, example, mode=mode).problems
     if strict and problems:
-        from .errors import UnsupportedModelError
-
         raise UnsupportedModelError(
             f"{type(model).__name__} is not supported in mode {mode!r} ({len(problems)} problem(s)):", problems
         )

@@ -28,23 +28,15 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import fx, nn
+from torch import nn
 
 from ..keys import Key
 from ..schemes.functional import invert_permutation
 from ..schemes.pixel import pixel_permutation
-from .analysis import Analysis, _shape, analyze, propagate_shapes, trace
+from .analyzer import analyze_model
+from .convert import rewrite
 from .errors import UnsupportedModelError
-from .layers import (
-    DeformableConv2d,
-    DeformablePool2d,
-    DeformableResize,
-    FoldedLinear,
-    KeyMaterial,
-    PositionPermutation,
-    StridedPointwiseConv2d,
-)
-from .library_layers import is_plain_forward, start_padding
+from .layers import KeyMaterial, PositionPermutation
 
 __all__ = ["feature_permutation", "keyed_cnn", "InputUnscrambled", "PositionFlip", "unflip_input", "CNN_MODES"]
 
@@ -126,11 +118,6 @@ def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
-def _set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
-    parent, _, name = target.rpartition(".")
-    setattr(gm.get_submodule(parent) if parent else gm, name, module)
-
-
 def keyed_cnn(
     model: nn.Module,
     key: Key,
@@ -158,136 +145,15 @@ def keyed_cnn(
         out = InputUnscrambled(model, perm(h, w), (h, w))
         out.unscramble.to(device)
         return out
-    gm = trace(model)
-    propagate_shapes(gm, torch.zeros(1, c, h, w, device=device, dtype=dtype))
-    result = analyze(gm, mode=mode, unscramble_outputs=True)
+    result = analyze_model(model, torch.zeros(1, c, h, w, device=device, dtype=dtype), mode=mode)
+    gm = result.gm
     if result.problems:
         raise UnsupportedModelError(
             f"{type(model).__name__} cannot run on scrambled feature maps in mode {mode!r} "
             f"({len(result.problems)} problem(s)); mode='input' works for any model:",
             result.problems,
         )
-    _rewrite(gm, result, mode=mode, perm=perm, kernel=kernel, device=device)
+    rewrite(gm, result, mode=mode, perm=perm, kernel=kernel, device=device)
     gm.graph.lint()
     gm.recompile()
     return gm
-
-
-def _rewrite(gm: fx.GraphModule, result: Analysis, *, mode: str, perm, kernel: str, device) -> None:
-    graph = gm.graph
-    counts: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            counts[node.target] = counts.get(node.target, 0) + 1
-    serial = 0
-    plain_copies: dict[fx.Node, fx.Node] = {}
-
-    def new_name(stem: str) -> str:
-        nonlocal serial
-        serial += 1
-        return f"keyveil_{stem}_{serial}"
-
-    def place(node: fx.Node, module: nn.Module) -> None:
-        if counts[node.target] > 1:  # a module called at several places gets one copy per call
-            node.target = new_name(node.target.replace(".", "_"))
-            gm.add_submodule(node.target, module)
-        else:
-            _set_module(gm, node.target, module)
-
-    scrambled_of: dict[fx.Node, fx.Node] = {}  # features mode: a spatial node -> its scrambled output
-
-    def swap(node: fx.Node, module: nn.Module, src: fx.Node) -> None:
-        """Replace a call_function node by a call of ``module`` on ``src``."""
-        name = new_name(str(node.name))
-        gm.add_submodule(name, module)
-        with graph.inserting_after(node):
-            new = graph.call_module(name, (src,))
-        new.meta = dict(node.meta)
-        node.replace_all_uses_with(new)
-        graph.erase_node(node)
-
-    for node in result.spatial:
-        src = node.args[0]
-        in_lay, out_lay = result.layouts.get(src), result.layouts.get(node)
-        in_shape, out_shape = _shape(src), _shape(node)
-        in_hw, out_hw = (in_shape[2], in_shape[3]), (out_shape[2], out_shape[3])
-        module = gm.get_submodule(node.target) if node.op == "call_module" else None
-        if mode == "features" and isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and (
-            is_plain_forward(module) and start_padding(module, in_hw) == (0, 0)
-        ):  # strided 1x1 conv: one gather straight from the scrambled input to the scrambled output
-            in_perm = perm(*in_hw) if in_lay is not None else None
-            out_perm = perm(*out_hw) if out_lay is not None else None
-            place(node, StridedPointwiseConv2d(module, in_hw=in_hw, out_hw=out_hw, in_perm=in_perm,
-                                               out_perm=out_perm))
-            continue
-        if mode == "features":
-            if in_lay is not None:
-                u = plain_copies.get(src)
-                if u is None:  # one un-scrambled copy per scrambled map, shared by its spatial consumers
-                    name = new_name("unscramble")
-                    gm.add_submodule(name, PositionPermutation(invert_permutation(perm(*in_hw)), in_hw,
-                                                                  keep_format=False).to(device))
-                    with graph.inserting_after(src):
-                        u = plain_copies[src] = graph.call_module(name, (src,))
-                    u.meta = dict(src.meta)
-                node.replace_input_with(src, u)
-            if out_lay is not None:
-                name = new_name("scramble")
-                gm.add_submodule(name, PositionPermutation(perm(*out_hw), out_hw, keep_format=False).to(device))
-                with graph.inserting_after(node):
-                    s = graph.call_module(name, (node,))
-                s.meta = dict(node.meta)
-                result.layouts[s] = out_lay
-                node.replace_all_uses_with(s, delete_user_cb=lambda user, s=s: user is not s)
-                scrambled_of[node] = s
-            continue
-        in_perm = perm(*in_hw) if in_lay is not None else None
-        out_perm = perm(*out_hw) if out_lay is not None else None
-        if module is None or isinstance(module, nn.Upsample):  # a resize: F.interpolate or nn.Upsample
-            new = DeformableResize(module if module is not None else _fixed_resize(node, out_hw), in_hw=in_hw,
-                                   out_hw=out_hw, in_perm=in_perm, out_perm=out_perm,
-                                   name=type(module).__name__ if module is not None else "interpolate")
-            if module is None:
-                swap(node, new.to(device), src)
-            else:
-                place(node, new.to(device))
-            continue
-        if isinstance(module, nn.Conv2d):
-            new = DeformableConv2d(module, in_hw=in_hw, out_hw=out_hw, in_perm=in_perm, out_perm=out_perm,
-                                   kernel=kernel, padding=start_padding(module, in_hw))
-        else:
-            pad = None if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) else \
-                start_padding(module, in_hw)
-            new = DeformablePool2d(module, in_hw=in_hw, out_hw=out_hw, in_perm=in_perm, out_perm=out_perm,
-                                   padding=pad)
-        place(node, new.to(device))
-    for node in result.folds:
-        lay = result.layouts[node.args[0]]
-        place(node, FoldedLinear.fold(gm.get_submodule(node.target), perm(lay.h, lay.w), lay.flat))
-    out_node = next((n for n in graph.nodes if n.op == "output"), None)
-    for node in result.outputs:  # a map the model returns: un-scrambled once, at the end
-        lay = result.layouts[node]
-        name = new_name("output_unscramble")
-        gm.add_submodule(name, PositionPermutation(invert_permutation(perm(lay.h, lay.w)), (lay.h, lay.w),
-                                                      keep_format=False).to(device))
-        value = scrambled_of.get(node, node)
-        with graph.inserting_before(out_node):
-            u = graph.call_module(name, (value,))
-        u.meta = dict(node.meta)
-        out_node.replace_input_with(value, u)
-
-
-def _fixed_resize(node: fx.Node, out_hw: tuple[int, int]):
-    """``F.interpolate``-like call of ``node`` as a function of its input alone (a computed size is fixed)."""
-    fn = node.target
-    args = list(node.args[1:])
-    kwargs = dict(node.kwargs)
-    if args and isinstance(args[0], fx.Node):
-        args[0] = tuple(out_hw)
-    if isinstance(kwargs.get("size"), fx.Node):
-        kwargs["size"] = tuple(out_hw)
-
-    def op(t: torch.Tensor) -> torch.Tensor:
-        return fn(t, *args, **kwargs)
-
-    return op

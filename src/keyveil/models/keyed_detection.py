@@ -2,13 +2,14 @@
 
 A detector is a CNN whose outputs are maps: per pyramid level, class logits,
 box regressions and centre-ness at every location. :func:`keyed_detector`
-converts the dense part (backbone and head towers, :class:`DenseCore`) with
-the keyed-CNN machinery of :mod:`keyveil.models.keyed_cnn` — in ``features``
-mode every map stays scrambled with the key's permutation for its size, in
-``deformable`` mode PrivDL's operators read and write scrambled maps — and
-un-scrambles each output map (one gather per map) *before* the box decoding,
-because FCOS's points (anchors) are positions: decoding location ``k`` of a
-scrambled map would put its box at the wrong place. Everything after that is
+converts the dense part (backbone and head towers, :class:`DenseCore`, a CNN
+that returns maps) with the public keyed-CNN API, :func:`keyveil.models.keyed`
+— in ``features`` mode every map stays scrambled with the key's permutation
+for its size, in ``deformable`` mode PrivDL's operators read and write
+scrambled maps — which returns every output map un-scrambled (computed in
+plain order, or one gather per map) *before* the box decoding, because FCOS's
+points (anchors) are positions: decoding location ``k`` of a scrambled map
+would put its box at the wrong place. Everything after that is
 the plain detector's own code (decoding, top-k, NMS). Before the backbone the
 detector only normalizes per channel (:class:`~keyveil.engine.detection.FixedSizeTransform`
 never resizes), which commutes with a pixel shuffle.
@@ -48,13 +49,10 @@ from torch import nn
 
 from ..keys import Key
 from ..schemes import Scheme, create
-from ..schemes.functional import invert_permutation
 from ..schemes.pixel import PixelShuffle
-from .analysis import analyze, propagate_shapes, trace
-from .errors import KeyedModelError, SelfCheckError, UnsupportedModelError
-from .keyed import KeyedConfig
-from .keyed_cnn import CNN_MODES, PositionFlip, _rewrite, feature_permutation, keyed_cnn
-from .layers import PositionPermutation
+from .errors import KeyedModelError, UnsupportedModelError
+from .keyed import KeyedConfig, keyed, resolve_input_size
+from .keyed_cnn import CNN_MODES, PositionFlip
 
 __all__ = ["DenseCore", "KeyedDetector", "keyed_detector", "dense_outputs"]
 
@@ -104,7 +102,7 @@ def dense_outputs(maps: Sequence[torch.Tensor], num_classes: int) -> dict[str, t
 
 
 class KeyedDetector(nn.Module):
-    """The keyed FCOS: transform → keyed dense core → un-scramble every map → FCOS's own decoding.
+    """The keyed FCOS: (un-flip) → transform → keyed dense core (plain-order maps) → FCOS's own decoding.
 
     Inference only (``eval``); takes a list of encrypted ``(C, H, W)`` float
     images in ``[0, 1]`` of the converted size and returns torchvision's
@@ -112,10 +110,10 @@ class KeyedDetector(nn.Module):
     ``anchor_generator``, ``box_coder`` and the post-processing thresholds.
     """
 
-    def __init__(self, detector: nn.Module, core: nn.Module, unscramble: nn.ModuleList | None,
-                 input_size: tuple[int, int, int], flip: nn.Module | None = None) -> None:
+    def __init__(self, detector: nn.Module, core: nn.Module, input_size: tuple[int, int, int],
+                 flip: nn.Module | None = None) -> None:
         super().__init__()
-        self.core, self.unscramble, self.flip = core, unscramble, flip
+        self.core, self.flip = core, flip
         self.transform = copy.deepcopy(detector.transform)
         self.anchor_generator = copy.deepcopy(detector.anchor_generator)
         self.box_coder = detector.box_coder
@@ -138,8 +136,6 @@ class KeyedDetector(nn.Module):
         original = [(int(x.shape[-2]), int(x.shape[-1])) for x in images]
         batch, _ = self.transform(list(images))
         maps = list(self.core(batch.tensors))
-        if self.unscramble is not None:
-            maps = [u(m) for u, m in zip(self.unscramble, maps)]
         head = dense_outputs(maps, self.num_classes)
         levels = maps[0::3]
         anchors = self.anchor_generator(batch, levels)
@@ -148,35 +144,6 @@ class KeyedDetector(nn.Module):
         split_anchors = [list(a.split(per_level)) for a in anchors]
         dets = FCOS.postprocess_detections(self, split, split_anchors, batch.image_sizes)
         return self.transform.postprocess(dets, batch.image_sizes, original)
-
-
-def _convert_core(core: nn.Module, key: Key, *, mode: str, input_size: tuple[int, int, int], kernel: str):
-    """``core`` converted with the keyed-CNN rewrite; its outputs stay scrambled (returned with their sizes)."""
-    c, h, w = input_size
-    p = next(core.parameters())
-    gm = trace(core)
-    propagate_shapes(gm, torch.zeros(1, c, h, w, device=p.device, dtype=p.dtype))
-    result = analyze(gm, mode=mode)
-    problems = [q for q in result.problems if q.op != "output"]  # scrambled output maps: un-scrambled after
-    if problems:
-        raise UnsupportedModelError(
-            f"the detector's backbone/head cannot run on scrambled maps in mode {mode!r} ({len(problems)} "
-            "problem(s)); mode='input' works for any detector:", problems)
-    out_node = next(n for n in gm.graph.nodes if n.op == "output")
-    sizes = [tuple(a.meta["tensor_meta"].shape[-2:]) for a in out_node.args[0]]
-    perms: dict[tuple[int, int], torch.Tensor] = {}
-
-    def perm(hh: int, ww: int) -> torch.Tensor:
-        if (hh, ww) not in perms:
-            perms[hh, ww] = feature_permutation(key, hh, ww, input_hw=(h, w))
-        return perms[hh, ww]
-
-    _rewrite(gm, result, mode=mode, perm=perm, kernel=kernel, device=p.device)
-    gm.graph.lint()
-    gm.recompile()
-    unscramble = nn.ModuleList(
-        [PositionPermutation(invert_permutation(perm(*hw)), hw, keep_format=True).to(p.device) for hw in sizes])
-    return gm, unscramble
 
 
 def keyed_detector(
@@ -204,7 +171,7 @@ def keyed_detector(
         input_size: ``(C, H, W)``, ``(H, W)`` or ``H`` of the encrypted images.
         kernel: deformable mode's convolution (``"gather"`` or ``"deform_conv2d"``).
         check: compare the dense outputs with the plain detector's on a random image
-            (:class:`SelfCheckError` on a mismatch).
+            (:func:`keyveil.models.self_check`; :class:`~keyveil.models.SelfCheckError` on a mismatch).
 
     Returns:
         A :class:`KeyedDetector` (eval mode) with ``keyveil_config`` set.
@@ -216,7 +183,6 @@ def keyed_detector(
     from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
     from ..engine.detection import FixedSizeTransform
-    from .keyed import resolve_input_size
 
     if not isinstance(key, Key):
         raise TypeError(f"key must be a keyveil.Key, got {type(key).__name__}")
@@ -237,31 +203,15 @@ def keyed_detector(
     detector = copy.deepcopy(detector).eval()
     core = DenseCore(detector)
     size = resolve_input_size(core, input_size)
-    if mode == "input":
-        kcore, unscramble = keyed_cnn(core, key, mode="input", input_size=size), None
-    else:
-        kcore, unscramble = _convert_core(core, key, mode=mode, input_size=size, kernel=kernel)
+    try:  # the flip (pixel-np) acts on raw pixels, before the transform normalizes: the detector applies it
+        kcore = keyed(core, key, scheme=create("pixel", key), mode=mode, input_size=size, kernel=kernel,
+                      check=check)
+    except UnsupportedModelError as exc:
+        raise UnsupportedModelError(
+            f"the detector's backbone/head cannot run on scrambled maps in mode {mode!r} ({len(exc.problems)} "
+            "problem(s)); mode='input' works for any detector:", exc.problems) from exc
     flip = PositionFlip(sch.flip_mask(size[1], size[2]), size[1:]) if sch.negapos else None
-    out = KeyedDetector(detector, kcore, unscramble, size, flip).eval()
+    out = KeyedDetector(detector, kcore, size, flip).eval()
     out.keyveil_config = KeyedConfig("detector", getattr(sch, "registered_name", sch.name), sch.params_dict(), mode,
                                      size, key.fingerprint, kernel=kernel, arch=type(detector).__name__)
-    if check:
-        _self_check(core, out, sch, size)
     return out
-
-
-@torch.no_grad()
-def _self_check(core: nn.Module, kdet: KeyedDetector, scheme: Scheme, size: tuple[int, int, int]) -> None:
-    x = torch.rand(1, *size, generator=torch.Generator().manual_seed(0))
-    ref = core(kdet.transform(list(x))[0].tensors)
-    y = scheme.encrypt(x)
-    if kdet.flip is not None:
-        y = kdet.flip(y)
-    got = list(kdet.core(kdet.transform(list(y))[0].tensors))
-    if kdet.unscramble is not None:
-        got = [u(m) for u, m in zip(kdet.unscramble, got)]
-    for r, g in zip(ref, got):
-        diff, scale = float((r - g).abs().max()), max(1.0, float(r.abs().max()))
-        if not diff <= 1e-4 * scale:
-            raise SelfCheckError(f"self-check failed: the keyed detector's maps differ from the plain detector's by "
-                                 f"{diff:.3g}; mode='input' is always exact")
