@@ -262,6 +262,9 @@ def audit(
         "plain_reidentification": {"figure": plain_r.describe(), "value": plain_r.value},
         "chance": chance, "attacks": rows, "verdict_rules": VERDICT_RULES,
         "worst_top1": q["worst_top1"], "worst_top1_no_oracle": q["worst_top1_no_oracle"],
+        "command": f"keyveil audit --scheme {scheme if isinstance(scheme, str) else name}"
+                   + (" --quick" if settings is None and quick else "")
+                   + (f" --dataset {dataset}" if dataset else "") + (f" --seed {seed}" if seed else ""),
     }
     out = Path(out_dir) / name.replace("/", "_")
     out.mkdir(parents=True, exist_ok=True)
@@ -311,11 +314,20 @@ def _markdown(card: dict[str, Any]) -> str:
         else:
             table.append([r["attack"], r["threat"], f"not applicable: {r['reason']}", "—"])
     lines += [markdown_table(["attack", "attacker", "result (95 % interval, trials)", "verdict"], table), ""]
-    broken = [r for r in card["attacks"] if r["applies"] and r["verdict"] in ("re-identified", "key recovered")]
-    if broken and u["drop_points"] < 5:
-        lines += [f"**Accuracy is kept, but the scheme falls to {len(broken)} attacker(s)**: "
+    n = card["recipe"]["faces"][1]
+    at_chance = Rate.of(int(round(card["chance"] * n)), n)
+    lines += [f"With {n} probes a result exactly at chance reads {at_chance.describe()}: its upper bound is above "
+              f"2x chance ({200 * card['chance']:.1f} %), so it reads **leaks**; showing that a setting holds needs "
+              "more probes or a rate below chance.", ""]
+    broken = [r for r in card["attacks"] if r["applies"] and r["verdict"] in (
+        "re-identified", "key recovered", "recovers images", "members exposed")]
+    holds = [r["attack"] for r in card["attacks"] if r["applies"] and r["verdict"] == "holds"]
+    kept = "Accuracy is kept (drop < 5 points), but the" if u["drop_points"] < 5 else "The"
+    if broken:
+        lines += [f"**{kept} scheme falls to {len(broken)} attacker(s)**: "
                   + "; ".join(f"an attacker who {r['threat']} — {r['attack']}: {r['figure']}" for r in broken)
                   + ".", ""]
+    lines += [f"Holds against: {', '.join(holds) if holds else 'none of the attacks that applied'}.", ""]
     lines += [f"Frontier: {card.get('frontier', '')}", "",
-              f"Measured by `keyveil audit --scheme {card['scheme']}` in {card['cpu_s']:.0f} s CPU."]
+              f"Measured by `{card['command']}` in {card['cpu_s']:.0f} s CPU."]
     return "\n".join(lines)
