@@ -69,7 +69,7 @@ def model_from_checkpoint(state: dict[str, Any] | str | os.PathLike[str]) -> nn.
     kwargs["image_size"] = tuple(kwargs["image_size"])
     model = build_model(state["arch"], **kwargs)
     if state.get("privacy"):  # trained with DP-SGD: BatchNorm was replaced the same way
-        from .dp import make_dp_compatible
+        from .dp_compat import make_dp_compatible
 
         model = make_dp_compatible(model)
     model.load_state_dict(state["model_state"])
