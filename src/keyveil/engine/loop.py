@@ -13,7 +13,7 @@ import os
 import random
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -30,7 +30,7 @@ from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from .optim import make_optimizer
 
 __all__ = ["fit", "evaluate", "train_loop", "train_epoch", "train_step", "classification_loss", "optimizer_step",
-           "warmup_cosine", "to_input", "seed_everything", "EvalResult", "FitResult", "make_loader", "LossFn",
+           "warmup_cosine", "index_batches", "to_input", "seed_everything", "EvalResult", "FitResult", "make_loader", "LossFn",
            "StepFn"]
 
 
@@ -92,6 +92,21 @@ def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int =
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       drop_last=drop_last, persistent_workers=False,
                       pin_memory=dist_info is not None and dist_info.device.type == "cuda")
+
+
+def index_batches(n: int, batch_size: int, *, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """One epoch of shuffled index batches over ``n`` in-memory samples (the last batch may be smaller).
+
+    For trainers that hold their data as tensors (the attacks' small networks):
+    ``(x[idx], y[idx]) for idx in index_batches(len(x), 64, generator=g)``.
+
+    Examples:
+        >>> [b.tolist() for b in index_batches(5, 2, generator=torch.Generator().manual_seed(0))]
+        [[4, 0], [1, 3], [2]]
+    """
+    order = torch.randperm(n, generator=generator)
+    for start in range(0, n, batch_size):
+        yield order[start:start + batch_size]
 
 
 def _bar(iterable, *, enabled: bool, **kw):
