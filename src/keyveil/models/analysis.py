@@ -447,8 +447,9 @@ class _Analyzer:
         if isinstance(m, ELEMENTWISE_MODULES):
             self.passthrough(node, scr, op)
             return
-        if isinstance(m, CHANNEL_MODULES) or positionwise_leaf(m):
-            if isinstance(m, CHANNEL_MODULES) and type(m).__module__.startswith("timm") and not positionwise_leaf(m):
+        if isinstance(m, CHANNEL_MODULES) or positionwise_leaf(m, POSITIONWISE_MODULES):
+            if (isinstance(m, CHANNEL_MODULES) and type(m).__module__.startswith("timm")
+                    and not positionwise_leaf(m, POSITIONWISE_MODULES)):
                 self.unknown(node, op, scr)  # a timm subclass with a forward of its own
                 return
             self.channelwise(node, scr, op)

@@ -119,14 +119,17 @@ def is_plain_forward(m: nn.Module) -> bool:
     return False
 
 
-def positionwise_leaf(m: nn.Module) -> bool:
-    """timm's norm + activation leaves whose activation and dropout act position by position."""
+def positionwise_leaf(m: nn.Module, positionwise: tuple[type[nn.Module], ...]) -> bool:
+    """timm's norm + activation leaves whose activation and dropout act position by position.
+
+    ``positionwise``: the ``torch.nn`` classes known to act position by position
+    (``analysis.POSITIONWISE_MODULES``; passed in, so this module imports nothing from the analysis).
+    """
     if not _is(m, "BatchNormAct2d", "SyncBatchNormAct", "FrozenBatchNormAct2d"):
         return False
-    from .analysis import POSITIONWISE_MODULES
 
     def ok(child: nn.Module) -> bool:
-        return isinstance(child, POSITIONWISE_MODULES) or type(child).__module__.startswith(
+        return isinstance(child, positionwise) or type(child).__module__.startswith(
             ("timm.layers.activations", "timm.layers.create_act"))
 
     return all(ok(c) for c in m.children())
