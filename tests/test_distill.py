@@ -34,15 +34,6 @@ def test_topk_accuracy_counts_labels_among_the_k_best():
     assert topk_accuracy(Fixed(), ds, (1, 2, 3)) == {1: 0.0, 2: 1 / 3, 3: 2 / 3}
 
 
-@pytest.fixture
-def one_thread():
-    """Small CNNs on small batches train faster on one thread than on two of a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_distill_experiment_on_a_tiny_subset(tmp_path, capsys, one_thread):
     # 32 steps each: the smallest run whose teachers (~75 %) and students (~30 %) beat chance (10 %)
     assert main(["experiment", "distill", "--dataset", "mnist5k", "--limit", "256", "--test-limit", "100",

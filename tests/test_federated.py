@@ -46,15 +46,6 @@ def test_shard_client_is_a_flower_numpy_client_that_trains_locally():
     assert n == 8 and 0 <= metrics["accuracy"] <= 1 and loss == pytest.approx(1 - metrics["accuracy"])
 
 
-@pytest.fixture
-def one_thread():
-    """Small CNNs on small batches train faster on one thread than on two of a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_federated_experiment_two_clients_two_rounds(tmp_path, capsys, one_thread):
     # 2 rounds x 2 local epochs x 8 steps: FedAvg reaches ~70-85 % here, the centralized baseline ~95 %
     assert main(["experiment", "federated", "--dataset", "mnist5k", "--clients", "2", "--rounds", "2",
