@@ -1,5 +1,14 @@
 """Train and evaluate loops: plain PyTorch, seeded, resumable, and DDP-ready.
 
+:func:`train_loop` is keyveil's one training loop (epochs of :func:`train_epoch`,
+each batch a :func:`train_step`); whoever trains passes what differs as hooks:
+the loss (``loss_fn(model, batch) -> (loss, counts)``), the update
+(``step(optimizer, loss)``), per-batch reporting (``on_batch``) and the end of
+an epoch (``on_epoch``). :func:`fit` (plain classification),
+:func:`keyveil.engine.fit_private` (DP-SGD), ``fit_detector``, distillation,
+InstaHide training and the attacks' small networks all run through it. The
+learning-rate schedule is torch's own (:func:`warmup_cosine`).
+
 Run :func:`fit` in a normal process, or in every process of a ``torchrun``
 job: it then joins the process group (gloo on CPU), shards the training set
 with a ``DistributedSampler``, averages gradients with DDP, and only rank 0
@@ -30,8 +39,8 @@ from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from .optim import make_optimizer
 
 __all__ = ["fit", "evaluate", "train_loop", "train_epoch", "train_step", "classification_loss", "optimizer_step",
-           "warmup_cosine", "index_batches", "to_input", "seed_everything", "EvalResult", "FitResult", "make_loader", "LossFn",
-           "StepFn"]
+           "warmup_cosine", "index_batches", "to_input", "seed_everything", "EvalResult", "FitResult", "make_loader",
+           "LossFn", "StepFn"]
 
 
 def seed_everything(seed: int) -> None:
