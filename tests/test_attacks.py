@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
@@ -67,12 +65,10 @@ def test_crafted_images_spell_indices_in_base_256():
 
 
 @pytest.mark.parametrize("size,queries", [((32, 32), 2), ((224, 224), 3)])
-def test_chosen_plaintext_recovers_pixel_key_fast(size, queries):
+def test_chosen_plaintext_recovers_pixel_key(size, queries):
     s = schemes.create("pixel", Key.from_seed(11))
     s.encrypt(torch.zeros(1, 3, *size, dtype=torch.uint8))  # derive the key's permutation before timing
-    t0 = time.process_time()  # CPU time: wall time is noisy on a shared CI machine
-    r = ChosenPlaintext().run(oracle=s.encrypt, image_size=size, reference=s)
-    assert time.process_time() - t0 < 1.0
+    r = ChosenPlaintext().run(oracle=s.encrypt, image_size=size, reference=s)  # its CPU time: bench_attack_cost.py
     assert r.cost.queries == queries
     assert r.metrics["fraction_recovered"] == 1.0
     assert torch.equal(r.recovered.value_level().index.view(3, -1)[0], s.permutation(*size))
@@ -158,7 +154,7 @@ def test_ciphertext_only_recovers_layout_from_fashion_mnist():
                                              test_plain=xt, reference=s)
     assert r.metrics["neighbour_accuracy"] > 0.2  # a random layout gets about 0.005
     assert r.metrics["ssim_best_symmetry"] > r.metrics["ssim_encrypted"] + 0.01
-    assert r.cost.ciphertexts == 3000 and r.cost.cpu_seconds < 60
+    assert r.cost.ciphertexts == 3000 and r.cost.cpu_seconds > 0  # its budget: benchmarks/bench_attack_cost.py
     assert r.reconstructions.shape == xt.shape
 
 

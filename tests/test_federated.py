@@ -46,11 +46,13 @@ def test_shard_client_is_a_flower_numpy_client_that_trains_locally():
     assert n == 8 and 0 <= metrics["accuracy"] <= 1 and loss == pytest.approx(1 - metrics["accuracy"])
 
 
-def test_federated_experiment_two_clients_one_round(tmp_path, capsys):
-    assert main(["experiment", "federated", "--dataset", "mnist5k", "--clients", "2", "--rounds", "1",
-                 "--limit", "128", "--test-limit", "64", "-o", str(tmp_path), "--quiet"]) == 0
+def test_federated_experiment_two_clients_two_rounds(tmp_path, capsys, one_thread):
+    # 2 rounds x 2 local epochs x 8 steps: FedAvg reaches ~70-85 % here, the centralized baseline ~95 %
+    assert main(["experiment", "federated", "--dataset", "mnist5k", "--clients", "2", "--rounds", "2",
+                 "--local-epochs", "2", "--limit", "256", "--test-limit", "100", "--batch-size", "16",
+                 "-o", str(tmp_path), "--quiet"]) == 0
     data = json.loads((tmp_path / "federated.json").read_text())
     rows = [(r["setting"], r["scheme"]) for r in data["results"]]
     assert rows == [("FL", "plain"), ("FL", "visualmixer-seed"), ("FL", "pixel"), ("centralized", "plain")]
-    assert all(0 <= r["accuracy"] <= 1 for r in data["results"]) and data["clients"] == 2
+    assert all(0.4 < r["accuracy"] <= 1 for r in data["results"]) and data["clients"] == 2  # chance: 0.1
     assert "FedAvg" in (tmp_path / "federated.md").read_text() and "CPU" in capsys.readouterr().out

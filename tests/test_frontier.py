@@ -54,16 +54,18 @@ def test_pareto_front():
     assert pareto_front([]) == []
 
 
-def test_frontier_noise_and_instahide_points(tmp_path):
+def test_frontier_noise_and_instahide_points(tmp_path, one_thread):
     points = [p for p in POINTS if (p.scheme, p.label) in {("noise", "sigma 0.1"), ("instahide", "k=2")}]
     attack = Reidentify(variants=("glance", "adapted"), cnn_epochs=2, components=8)
-    data = run_frontier(points=points, epochs=1, limit=200, test_limit=100, dataset="mnist5k", faces=_tiny_faces(),
-                        attack=attack, out_dir=tmp_path, progress=False)
+    data = run_frontier(points=points, epochs=2, limit=256, test_limit=100, batch_size=16, dataset="mnist5k",
+                        faces=_tiny_faces(), attack=attack, out_dir=tmp_path, progress=False)
     rows = {r["scheme"]: r for r in data["rows"]}
     assert list(rows) == ["plain", "noise", "instahide"]
+    assert rows["plain"]["accuracy"] > 0.5 and rows["noise"]["accuracy"] > 0.5  # ~80 % after 32 steps; chance 10 %
     assert rows["noise"]["options_fashion"] == {"sigma": 0.1}
     insta = rows["instahide"]
     assert set(insta["reid"]) == {"glance", "adapted", "instahide-attack"}
     assert insta["worst_top1"] == max(insta["reid"].values()) and 0 <= insta["worst_top1"] <= 1
-    assert 0 < insta["accuracy"] <= 1  # trained on mixed batches with mixed labels
+    # trained on mixed batches with mixed labels: 13-17 % here even after 80 steps, too close to chance to assert
+    assert 0 < insta["accuracy"] <= 1
     assert "re-id instahide-attack" in (tmp_path / "frontier.md").read_text()

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..engine.loop import index_batches, train_loop
 from ..metrics.quality import psnr, ssim
 from .base import Attack, AttackError, AttackResult, Cost, measure, register_attack
 
@@ -140,28 +141,23 @@ class LearnedInversion(Attack):
         net = UNet(c, width=self.width)
         opt = torch.optim.Adam(net.parameters(), lr=self.lr)
         cost = Cost()
-        losses = []
         with measure(cost):
             fixed = None if train_encrypted is None else _to_float(torch.as_tensor(train_encrypted))
             target = _to_float(plain)
-            net.train()
-            for _ in range(self.epochs):
-                if encrypt is not None:
+
+            def pairs(epoch: int):
+                if encrypt is not None:  # fresh pairs every epoch
                     enc = _to_float(torch.as_tensor(encrypt(plain)))
                     cost.pairs += plain.shape[0]
                 else:
                     enc = fixed
                     cost.pairs = plain.shape[0]
-                order = torch.randperm(plain.shape[0], generator=gen)
-                total = 0.0
-                for i in range(0, len(order), self.batch_size):
-                    idx = order[i: i + self.batch_size]
-                    loss = F.l1_loss(net(enc[idx]), target[idx])
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    total += float(loss.detach()) * len(idx)
-                losses.append(total / len(order))
+                for idx in index_batches(plain.shape[0], self.batch_size, generator=gen):
+                    yield enc[idx], target[idx]
+
+            history = train_loop(net, opt, pairs, epochs=self.epochs,
+                                 loss_fn=lambda m, b: (F.l1_loss(m(b[0]), b[1]), {"n": len(b[0])}))
+            losses = [h["loss_sum"] / h["n"] for h in history]
             net.eval()
             with torch.no_grad():
                 out = torch.cat([net(_to_float(test_y[i: i + 256])) for i in range(0, len(test_y), 256)])

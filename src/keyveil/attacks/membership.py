@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..engine.loop import index_batches, train_loop
 from .base import Attack, AttackError, AttackResult, Cost, measure, register_attack
 
 __all__ = ["MembershipInference", "auc", "small_cnn", "train_classifier"]
@@ -55,15 +56,8 @@ def train_classifier(
     x = _to_float(images)
     net = small_cnn(x.shape[1], classes, tuple(x.shape[-2:]))
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    net.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), batch_size):
-            idx = order[i: i + batch_size]
-            loss = F.cross_entropy(net(x[idx]), labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    train_loop(net, opt, lambda _: ((x[i], labels[i]) for i in index_batches(len(x), batch_size, generator=gen)),
+               epochs=epochs, loss_fn=lambda m, b: (F.cross_entropy(m(b[0]), b[1]), {"n": len(b[1])}))
     return net.eval()
 
 

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..engine.loop import index_batches, train_loop
 from ..schemes import GeometryError, Scheme
 from .base import Attack, AttackError, AttackResult, Cost, measure, register_attack
 from .inversion import LearnedInversion
@@ -220,22 +221,19 @@ class CNNRecognizer:
         self.net = _FaceNet(first.shape[1], classes, self.width)
         opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=1e-3)
         labels = labels.long()
-        self.net.train()
         prepared: list[torch.Tensor] = []
-        for epoch in range(self.epochs):
+
+        def batches(epoch: int):
             if epoch == 0 or callable(gallery):  # a re-encrypted gallery every epoch
                 x = first if epoch == 0 else gallery()
-                prepared = [self._prepare(x, v) for v in self.views]
-            order = torch.randperm(len(labels), generator=gen)
-            for i in range(0, len(order), 32):
-                idx = order[i: i + 32]
+                prepared[:] = [self._prepare(x, v) for v in self.views]
+            for idx in index_batches(len(labels), 32, generator=gen):
                 view = int(torch.randint(len(self.views), (1,), generator=gen))
                 dy, dx = (int(v) for v in torch.randint(-3, 4, (2,), generator=gen))
-                inputs = torch.roll(prepared[view][idx], (dy, dx), (2, 3))
-                loss = F.cross_entropy(self.net(inputs), labels[idx], label_smoothing=0.1)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+                yield torch.roll(prepared[view][idx], (dy, dx), (2, 3)), labels[idx]
+
+        train_loop(self.net, opt, batches, epochs=self.epochs, loss_fn=lambda m, b: (
+            F.cross_entropy(m(b[0]), b[1], label_smoothing=0.1), {"n": len(b[1])}))
         self.net.eval()
         return self
 

@@ -27,7 +27,21 @@ from .dp import (
     make_dp_compatible,
     make_private,
 )
-from .loop import EvalResult, FitResult, evaluate, fit, make_loader, seed_everything, to_input, train_epoch
+from .loop import (
+    EvalResult,
+    FitResult,
+    classification_loss,
+    evaluate,
+    fit,
+    make_loader,
+    optimizer_step,
+    seed_everything,
+    to_input,
+    train_epoch,
+    train_loop,
+    train_step,
+    warmup_cosine,
+)
 from .models import (
     MODELS,
     SEED_FAMILIES,
@@ -60,7 +74,12 @@ __all__ = [
     "DEFAULT_LR",
     "fit",
     "evaluate",
+    "train_loop",
     "train_epoch",
+    "train_step",
+    "classification_loss",
+    "optimizer_step",
+    "warmup_cosine",
     "make_loader",
     "to_input",
     "seed_everything",

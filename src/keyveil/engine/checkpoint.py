@@ -131,7 +131,7 @@ def model_skeleton(meta: dict[str, Any]) -> nn.Module:
     kwargs["image_size"] = tuple(kwargs["image_size"])
     model = build_model(meta["arch"], **kwargs)
     if meta.get("privacy"):  # trained with DP-SGD: BatchNorm was replaced the same way
-        from .dp import make_dp_compatible
+        from .dp_compat import make_dp_compatible
 
         model = make_dp_compatible(model)
     return model

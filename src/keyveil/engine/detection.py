@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import math
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import box_iou
 
 from ..data.detection import collate_detection
+from .loop import train_loop, warmup_cosine
 
 __all__ = ["build_detector", "FixedSizeTransform", "SmallDetectionBackbone", "fit_detector", "predict_detections",
            "detection_metrics", "precision_recall", "DetectionResult", "detector_from_checkpoint", "DETECTORS",
@@ -151,6 +151,8 @@ def fit_detector(
 ) -> DetectionResult:
     """Train a torchvision detector (loss = the sum of its losses) with AdamW and a cosine schedule.
 
+    The loop is :func:`keyveil.engine.train_loop`; the warm-up is 10 % of the steps (at most 100).
+
     ``test_set`` (optional) is scored with :func:`detection_metrics` after the last epoch.
     """
     if epochs < 1 or batch_size < 1:
@@ -160,36 +162,28 @@ def fit_detector(
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * math.ceil(len(train) / batch_size)
-    warm = min(100, steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
+    sched = warmup_cosine(opt, steps, min(100, steps // 10))
     result = DetectionResult(model)
-    for epoch in range(epochs):
-        model.train()
-        t0, total, n = time.perf_counter(), 0.0, 0
-        loader = _loader(train, batch_size, shuffle=True, seed=seed, epoch=epoch)
-        if progress:
-            from tqdm.auto import tqdm
 
-            loader = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, unit="batch")
-        for images, targets in loader:
-            targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-            losses = model(to_float_images(images, device), targets)
-            loss = sum(losses.values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(images)
-            n += len(images)
-        rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss": total / max(n, 1),
-                               "seconds": time.perf_counter() - t0, "images_per_s": n / (time.perf_counter() - t0)}
+    def detection_loss(net: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        images, targets = batch
+        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+        losses = net(to_float_images(images, device), targets)
+        return sum(losses.values()), {"n": len(images)}
+
+    def end_epoch(epoch: int, stats: dict[str, float]) -> None:
+        seconds = max(stats["seconds"], 1e-9)
+        rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss": stats["loss_sum"] / max(stats["n"], 1),
+                               "seconds": seconds, "images_per_s": stats["n"] / seconds}
         if test_set is not None and epoch == epochs - 1:
             rec.update({f"test_{k}": v for k, v in detection_metrics(
                 predict_detections(model, test_set, device=device), test_set).items()})
         result.history.append(rec)
         if on_epoch is not None:
             on_epoch(rec)
+
+    train_loop(model, opt, lambda epoch: _loader(train, batch_size, shuffle=True, seed=seed, epoch=epoch),
+               epochs=epochs, loss_fn=detection_loss, scheduler=sched, on_epoch=end_epoch, progress=progress)
     return result
 
 

@@ -26,40 +26,27 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision.models import mobilenetv3, resnet
 
 from ..errors import KeyveilError
 from .checkpoint import save_checkpoint
 from .distributed import init_distributed
-from .loop import FitResult, _bar, _cosine, evaluate, to_input
+from .dp_compat import make_dp_compatible, require_opacus
+from .loop import FitResult, classification_loss, evaluate, fit_warmup, train_loop, warmup_cosine
 from .optim import make_optimizer
 
 __all__ = ["PrivacyConfig", "PrivacyConfigError", "PrivateTraining", "PrivateFitResult", "make_dp_compatible",
            "make_private", "fit_private", "default_delta", "require_opacus"]
 
-INSTALL_HINT = "DP-SGD needs Opacus: pip install 'keyveil[privacy]' (or pip install opacus)"
-
 
 class PrivacyConfigError(KeyveilError):
     """DP-SGD options that do not make sense together (every problem listed, with what to do)."""
-
-
-def require_opacus() -> Any:
-    """Import and return the ``opacus`` module, or raise ImportError saying how to install it."""
-    try:
-        import opacus
-    except ImportError as exc:
-        raise ImportError(INSTALL_HINT) from exc
-    return opacus
 
 
 def default_delta(n: int) -> float:
@@ -121,71 +108,6 @@ class PrivacyConfig:
         if found:
             raise PrivacyConfigError("bad DP-SGD options: " + "; ".join(found))
         return self
-
-
-def make_dp_compatible(model: nn.Module) -> nn.Module:
-    """``model`` with BatchNorm replaced (``ModuleValidator.fix``: GroupNorm), validated for DP-SGD.
-
-    In-place activations are made out-of-place (Opacus' hooks need their
-    inputs). Deterministic: the same architecture always becomes the same
-    fixed one, so a checkpoint can rebuild it. Returns a new module; the
-    input is left alone.
-
-    Raises:
-        ImportError: Opacus is not installed.
-        ValueError: the fixed model still has layers Opacus cannot train privately.
-    """
-    require_opacus()
-    from opacus.validators import ModuleValidator
-
-    fixed = ModuleValidator.fix(model)  # a copy
-    for m in fixed.modules():  # in-place activations and residual adds break Opacus' backward hooks
-        if getattr(m, "inplace", False) is True:
-            m.inplace = False
-        out_of_place = _OUT_OF_PLACE.get(type(m))
-        if out_of_place is not None:
-            m.__class__ = out_of_place  # same parameters and state_dict keys, ``x + y`` instead of ``x += y``
-    errors = ModuleValidator.validate(fixed, strict=False)
-    if errors:
-        raise ValueError(f"{type(model).__name__} cannot be trained with DP-SGD even after "
-                         f"ModuleValidator.fix: {'; '.join(map(str, errors))}. Use another --model (e.g. smallcnn)")
-    return fixed
-
-
-
-# torchvision residual blocks that add in place (``out += identity``), each with an out-of-place twin:
-# Opacus' full backward hooks return a layer's output as a view, which an in-place add may not modify
-# ("Output 0 of BackwardHookFunction is a view and is being modified inplace"). Same parameters, same
-# state_dict keys; the class is swapped by make_dp_compatible.
-class BasicBlockDP(resnet.BasicBlock):
-    """``resnet.BasicBlock`` with ``out + identity`` instead of ``out += identity``."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + identity)
-
-
-class BottleneckDP(resnet.Bottleneck):
-    """``resnet.Bottleneck`` with ``out + identity`` instead of ``out += identity``."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn3(self.conv3(self.relu(self.bn2(self.conv2(out)))))
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + identity)
-
-
-class InvertedResidualDP(mobilenetv3.InvertedResidual):
-    """``mobilenetv3.InvertedResidual`` with ``result + input`` instead of ``result += input``."""
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        result = self.block(input)
-        return result + input if self.use_res_connect else result
-
-
-_OUT_OF_PLACE: dict[type, type] = {resnet.BasicBlock: BasicBlockDP, resnet.Bottleneck: BottleneckDP,
-                                   mobilenetv3.InvertedResidual: InvertedResidualDP}
 
 
 @dataclass
@@ -266,36 +188,6 @@ class PrivateFitResult(FitResult):
                 "privacy": self.privacy}
 
 
-def _private_epoch(pt: PrivateTraining, *, device: torch.device, scheduler: Any, progress: bool,
-                   desc: str) -> dict[str, float]:
-    pt.model.train()
-    loss_sum, correct, n = 0.0, 0, 0
-    start = time.perf_counter()
-    bar = _bar(pt.loader, enabled=progress, desc=desc, unit="batch")
-    eps = pt.epsilon()
-    every = max(1, len(pt.loader) // 5)
-    for step, (images, labels) in enumerate(bar):
-        x, y = to_input(images, device), labels.to(device, non_blocking=True)
-        logits = pt.model(x)
-        b = y.shape[0]
-        # Poisson sampling can draw an empty batch; it still counts as a step.
-        loss = F.cross_entropy(logits, y) if b else logits.sum()
-        pt.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        pt.optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        if b:
-            loss_sum += loss.item() * b
-            correct += int((logits.argmax(1) == y).sum())
-            n += b
-        if progress and n:
-            if (step + 1) % every == 0:  # the accountant takes a moment: not every step
-                eps = pt.epsilon()
-            bar.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{correct / n:.3f}", eps=f"{eps:.2f}")
-    return {"loss_sum": loss_sum, "correct": correct, "n": n, "seconds": time.perf_counter() - start}
-
-
 def fit_private(
     model: nn.Module,
     train_set: Dataset,
@@ -355,20 +247,26 @@ def fit_private(
     pt = make_private(module, opt, loader, config=privacy, epochs=epochs)
     steps_per_epoch = len(pt.loader)
     if schedule == "cosine":
-        sched = _cosine(pt.optimizer, steps_per_epoch * epochs)
+        sched = warmup_cosine(pt.optimizer, steps_per_epoch * epochs, fit_warmup(steps_per_epoch * epochs))
     elif schedule == "constant":
         sched = None
     else:
         raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
     history: list[dict[str, Any]] = []
     meta = dict(meta or {})
-    for epoch in range(epochs):
-        stats = _private_epoch(pt, device=dev, scheduler=sched, progress=progress,
-                               desc=f"epoch {epoch + 1}/{epochs} (DP)")
+    every = max(1, steps_per_epoch // 5)
+    shown = [pt.epsilon()]
+
+    def show_epsilon(step: int, totals: dict[str, float]) -> dict[str, str]:
+        if progress and (step + 1) % every == 0:  # the accountant takes a moment: not every step
+            shown[0] = pt.epsilon()
+        return {"eps": f"{shown[0]:.2f}"}
+
+    def end_epoch(epoch: int, stats: dict[str, float]) -> None:
         n = max(stats["n"], 1)
         seconds = max(stats["seconds"], 1e-9)
         record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": stats["loss_sum"] / n,
-                                  "train_accuracy": stats["correct"] / n, "images_per_s": stats["n"] / seconds,
+                                  "train_accuracy": stats.get("correct", 0) / n, "images_per_s": stats["n"] / seconds,
                                   "seconds": seconds, "lr": pt.optimizer.param_groups[0]["lr"],
                                   "epsilon": pt.epsilon(), "delta": pt.delta}
         if test_set is not None:
@@ -387,5 +285,9 @@ def fit_private(
             })
         if on_epoch is not None:
             on_epoch(record)
+
+    # Opacus' wrapped model, DP optimizer and Poisson loader run in the plain loop, as Opacus intends
+    train_loop(pt.model, pt.optimizer, pt.loader, epochs=epochs, loss_fn=classification_loss(dev), scheduler=sched,
+               on_batch=show_epsilon, on_epoch=end_epoch, progress=progress, desc="DP epoch")
     return PrivateFitResult(model=module, history=history, epoch=epochs,
                             checkpoint=str(checkpoint) if checkpoint is not None else None, privacy=pt.summary())

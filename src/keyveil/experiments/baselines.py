@@ -27,13 +27,14 @@ from torch import nn
 from ..data import EncryptedDataset, create_dataset
 from ..data.encrypted import TEST_NONCE_OFFSET
 from ..engine import build_model, fit, seed_everything
-from ..engine.loop import evaluate, make_loader, to_input
+from ..engine.loop import LossFn, classification_loss, evaluate, make_loader, to_input, train_loop, train_step
 from ..engine.optim import make_optimizer
 from ..keys import Key
 from ..schemes import PrivacyWarning, create
 from .common import PaddedDataset, Timer, markdown_table, write_report
 
-__all__ = ["run_baselines", "METHODS", "MODELS"]
+__all__ = ["run_baselines", "METHODS", "MODELS", "instahide_loss", "train_instahide", "instahide_accuracy",
+           "soft_cross_entropy"]
 
 METHODS = ("plain", "visualmixer-seed", "visualmixer", "dp-sgd", "noise", "instahide")
 MODELS = ("smallcnn", "mobilenet_v3_small", "shufflenet_v2_x0_5")
@@ -45,24 +46,29 @@ def soft_cross_entropy(logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor
     return torch.sum(-soft * F.log_softmax(logits, 1), 1).mean()
 
 
+def instahide_loss(scheme: Any, num_classes: int) -> LossFn:
+    """The training loss on InstaHide encodings: each batch is encoded with its labels mixed alike.
+
+    The loss hook of :func:`keyveil.engine.train_loop`: soft cross-entropy of the
+    model on the encodings against the mixed labels.
+    """
+
+    def loss_fn(model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        images, labels = batch
+        x, soft = scheme.encrypt_with_labels(images, F.one_hot(labels, num_classes).float())
+        return soft_cross_entropy(model(to_input(x, "cpu")), soft), {"n": int(labels.shape[0])}
+
+    return loss_fn
+
+
 def train_instahide(model: nn.Module, scheme: Any, train, *, epochs: int, batch_size: int, seed: int,
                     progress: bool) -> None:
     """Train on InstaHide encodings of each batch with the labels mixed the same way (soft cross-entropy)."""
     opt = make_optimizer("adam", model.parameters())
-    k = train.num_classes
-    for epoch in range(epochs):
-        model.train()
-        loader = make_loader(train, batch_size=batch_size, shuffle=True, seed=seed, epoch=epoch, drop_last=True)
-        if progress:
-            from tqdm.auto import tqdm
-
-            loader = tqdm(loader, desc=f"instahide {epoch + 1}/{epochs}", leave=False, unit="batch")
-        for images, labels in loader:
-            x, soft = scheme.encrypt_with_labels(images, F.one_hot(labels, k).float())
-            loss = soft_cross_entropy(model(to_input(x, "cpu")), soft)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    train_loop(model, opt, lambda epoch: make_loader(train, batch_size=batch_size, shuffle=True, seed=seed,
+                                                     epoch=epoch, drop_last=True),
+               epochs=epochs, loss_fn=instahide_loss(scheme, train.num_classes), progress=progress,
+               desc="instahide")
 
 
 @torch.no_grad()
@@ -207,19 +213,10 @@ def _stepper(method: str, arch: str, kw: dict[str, Any], train, key: Key, *, bat
         loader = make_loader(data, batch_size=batch_size, shuffle=True, seed=seed, drop_last=True)
     model.train()
     batches = _forever(loader)
+    loss_fn = instahide_loss(scheme, train.num_classes) if scheme is not None else classification_loss("cpu")
 
     def step() -> int:
-        images, labels = next(batches)
-        if scheme is not None:
-            images, soft = scheme.encrypt_with_labels(images, F.one_hot(labels, train.num_classes).float())
-            loss = soft_cross_entropy(model(to_input(images, "cpu")), soft)
-        else:
-            logits = model(to_input(images, "cpu"))
-            loss = F.cross_entropy(logits, labels) if labels.numel() else logits.sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return int(labels.shape[0])
+        return int(train_step(model, opt, next(batches), loss_fn=loss_fn)[1]["n"])
 
     return step
 

@@ -25,13 +25,13 @@ from torch import nn
 from ..data import EncryptedDataset, create_dataset
 from ..data.encrypted import TEST_NONCE_OFFSET
 from ..engine import build_model, fit, seed_everything
-from ..engine.loop import make_loader, to_input
+from ..engine.loop import LossFn, make_loader, to_input, train_loop
 from ..engine.optim import make_optimizer
 from ..keys import Key
 from ..schemes import PrivacyWarning, create
 from .common import PaddedDataset, Timer, markdown_table, write_report
 
-__all__ = ["run_distill", "distillation_loss", "topk_accuracy"]
+__all__ = ["run_distill", "distillation_loss", "distillation_loss_fn", "topk_accuracy"]
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *,
@@ -65,25 +65,28 @@ def topk_accuracy(model: nn.Module, dataset, ks: tuple[int, ...] = (1, 3, 5), *,
     return {k: hits[k] / max(n, 1) for k in ks}
 
 
+def distillation_loss_fn(teacher: nn.Module, *, temperature: float, alpha: float) -> LossFn:
+    """The loss hook of :func:`keyveil.engine.train_loop` that distils ``teacher`` (frozen) into the model."""
+
+    def loss_fn(student: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        images, labels = batch
+        x = to_input(images, "cpu")
+        with torch.no_grad():
+            t = teacher(x)
+        loss = distillation_loss(student(x), t, labels, temperature=temperature, alpha=alpha)
+        return loss, {"n": int(labels.shape[0])}
+
+    return loss_fn
+
+
 def _distil(student: nn.Module, teacher: nn.Module, train, *, epochs: int, batch_size: int, seed: int,
             temperature: float, alpha: float, progress: bool) -> None:
     opt = make_optimizer("adam", student.parameters())
     teacher.eval()
-    for epoch in range(epochs):
-        student.train()
-        loader = make_loader(train, batch_size=batch_size, shuffle=True, seed=seed, epoch=epoch)
-        if progress:
-            from tqdm.auto import tqdm
-
-            loader = tqdm(loader, desc=f"distil {epoch + 1}/{epochs}", leave=False, unit="batch")
-        for images, labels in loader:
-            x = to_input(images, "cpu")
-            with torch.no_grad():
-                t = teacher(x)
-            loss = distillation_loss(student(x), t, labels, temperature=temperature, alpha=alpha)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    train_loop(student, opt, lambda epoch: make_loader(train, batch_size=batch_size, shuffle=True, seed=seed,
+                                                       epoch=epoch),
+               epochs=epochs, loss_fn=distillation_loss_fn(teacher, temperature=temperature, alpha=alpha),
+               progress=progress, desc="distil")
 
 
 def run_distill(
