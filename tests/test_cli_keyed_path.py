@@ -126,7 +126,7 @@ def test_convert_never_overwrites_without_asking(run, capsys):
     assert target.read_bytes() == before and target.stat().st_mtime_ns == mtime
     copy = tmp / "again.pt"
     copy.write_bytes(before)
-    assert main(["convert", "--checkpoint", str(tmp / "plain.pt"), "--key", str(tmp / "key.json"), "--mode",
+    assert main(["convert", "--checkpoint", str(tmp / "plain.pt"), "--key", str(tmp / "key.json"), "--keyed",
                  "input", "--overwrite", "-o", str(copy)]) == 0
     assert read_checkpoint(copy)["config"]["mode"] == "input"
 

@@ -192,7 +192,7 @@ def test_sixteen_bit_is_refused_then_converted_correctly(tmp_path, capsys):
     assert main(["encrypt", *args, str(tmp_path / "photos"), str(tmp_path / "e1")]) == 1
     err = capsys.readouterr().err
     assert "deep.png: has 16 bits per value" in err and "--mode L" in err
-    assert main(["encrypt", *args, "--mode", "L", str(tmp_path / "photos"), str(tmp_path / "e2")]) == 0
+    assert main(["encrypt", *args, "--color", "L", str(tmp_path / "photos"), str(tmp_path / "e2")]) == 0
     assert main(["decrypt", *args, str(tmp_path / "e2"), str(tmp_path / "d")]) == 0
     back = pixels(tmp_path / "d" / "deep.png").astype(int)
     expected = np.round(gray16 / 257.0).astype(int)
@@ -224,11 +224,12 @@ def test_palette_alpha_cmyk_and_exif_rotation(tmp_path, capsys):
     stored = np.asarray(Image.open(root / "rotated.jpg"))
     assert np.array_equal(upright, np.rot90(stored, k=-1))
     # with --mode RGB the alpha image is composited over white; CMYK stays refused
-    assert main(["encrypt", *args, "--mode", "RGB", str(root / "alpha.png"), str(tmp_path / "a.png")]) == 0
+    assert main(["encrypt", *args, "--color", "RGB", str(root / "alpha.png"), str(tmp_path / "a.png")]) == 0
     assert main(["decrypt", *args, str(tmp_path / "a.png"), str(tmp_path / "a-dec.png")]) == 0
     over_white = (np.asarray(rgb, dtype=float) * 128 + 255 * 127) / 255
     assert np.abs(pixels(tmp_path / "a-dec.png") - over_white).max() <= 1.5
-    assert main(["encrypt", *args, "--mode", "RGB", str(root / "cmyk.jpg"), str(tmp_path / "c.png")]) == 1
+    with pytest.warns(FutureWarning, match="--mode is deprecated.*use --color"):  # the old name still works
+        assert main(["encrypt", *args, "--mode", "RGB", str(root / "cmyk.jpg"), str(tmp_path / "c.png")]) == 1
     assert "cmyk.jpg: is a CMYK image" in capsys.readouterr().err
 
 

@@ -100,7 +100,7 @@ def test_cli_convert(tmp_path, capsys):
     torch.save({"model": net.state_dict(), "epoch": 3}, tmp_path / "plain.pt")
     KEY.save(tmp_path / "key.json")
     rc = main(["convert", "--checkpoint", str(tmp_path / "plain.pt"), "--model", "resnet18", "--key",
-               str(tmp_path / "key.json"), "--scheme", "pixel", "--mode", "features", "--input-size", "32", "32",
+               str(tmp_path / "key.json"), "--scheme", "pixel", "--keyed", "features", "--input-size", "32", "32",
                "--with-key-material", "-o", str(tmp_path / "keyed.pt")])
     out = capsys.readouterr().out
     assert rc == 0 and "contains key material" in out and KEY.fingerprint in out

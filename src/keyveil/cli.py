@@ -10,6 +10,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import warnings
 from collections.abc import Sequence
 
 from . import __version__, commands
@@ -32,6 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
+    shown = warnings.formatwarning
+    warnings.formatwarning = _one_line  # warnings on the terminal read as the errors do
+    try:
+        return _run(argv)
+    finally:
+        warnings.formatwarning = shown
+
+
+def _one_line(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> str:
+    return f"keyveil: {category.__name__}: {message}\n"
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -99,6 +99,9 @@ class AttackResult:
 
 
 def _fmt(v: Any) -> str:
+    """Counts as integers (784, not 784.0000), fractions with four decimals."""
+    if isinstance(v, float) and v.is_integer() and abs(v) >= 2:
+        return str(int(v))
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 

@@ -23,7 +23,7 @@ from ..engine import is_main_process, save_checkpoint, seed_everything
 from ..keys import Key
 from ..schemes import scheme_class
 from ..schemes.pixel import PixelShuffle
-from .train import build_scheme, scheme_meta
+from ._common import build_scheme, dataset_options, scheme_meta
 
 __all__ = ["is_detection_source", "train_detection", "evaluate_detection", "DETECTION_DEFAULT_MODEL"]
 
@@ -37,14 +37,7 @@ def is_detection_source(name: str | None) -> bool:
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    if args.dataset != "coco":
-        return {}
-    opts: dict[str, Any] = {}
-    if getattr(args, "image_size", None):
-        opts["image_size"] = tuple(args.image_size)
-    if getattr(args, "mode", None):
-        opts["mode"] = args.mode
-    return opts
+    return dataset_options(args, datasets=("coco",))
 
 
 def _load(args: argparse.Namespace, split: str, limit: int | None, opts: dict[str, Any]):

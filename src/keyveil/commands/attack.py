@@ -75,7 +75,7 @@ def _reidentify(args: argparse.Namespace, key: Key) -> int:
     from ..attacks.reidentify import RECOGNIZERS, VARIANTS, Reidentify, encryption_randomness, face_split
     from ..pictures import save_grid
     from ..schemes import create, scheme_class
-    from .crypt import parse_options
+    from ._common import parse_options
 
     options = parse_options(args.option)
     if args.scheme == "plain":

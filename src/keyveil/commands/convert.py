@@ -26,6 +26,7 @@ import dataclasses
 import time
 from typing import Any
 
+from ._common import add_keyed_option
 from ._keyed import KeyedCommandError, deprecated_alias, describe_key_material, model_spec, refuse_existing
 
 
@@ -48,8 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", dest="deprecated_arch", metavar="ARCH", help="deprecated: use --model")
     p.add_argument("--key", required=True, help="key file (from `keyveil keygen`)")
     p.add_argument("--scheme", default="pixel", help="pixel (CNNs) or vit (torchvision ViT); default pixel")
-    p.add_argument("--mode", default="features", choices=["input", "features", "deformable"],
-                   help="keyed CNN mode (default features; ignored for ViTs)")
+    add_keyed_option(p, what="keyed CNN mode: input, features (default) or deformable; ignored for ViTs")
     p.add_argument("--num-classes", type=int, default=None,
                    help="state_dict files: classifier outputs (default: read from the last layer)")
     p.add_argument("--input-size", type=int, nargs="+", metavar="N", default=None,
@@ -203,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
         model, arch, input_size, extra = _from_state_dict(raw, args)
     del raw
     start = time.perf_counter()
-    out = keyed(model, key, scheme=args.scheme, mode=args.mode, input_size=input_size, mean=args.mean,
+    out = keyed(model, key, scheme=args.scheme, mode=args.keyed, input_size=input_size, mean=args.mean,
                 std=args.std)
     seconds = time.perf_counter() - start
     out.keyveil_config = dataclasses.replace(out.keyveil_config, arch=arch)

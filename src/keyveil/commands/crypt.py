@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import sys
-from typing import Any
 
 from ..folders import process_tree
 from ..keys import Key
 from ..schemes import UnknownSchemeError, create, list_schemes, scheme_class
 from ..schemes.registry import entry
-
-
-def parse_options(pairs: list[str]) -> dict[str, Any]:
-    """``["block_size=8", "shuffle='shared'"]`` -> ``{"block_size": 8, "shuffle": "shared"}``."""
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        name, sep, raw = pair.partition("=")
-        if not sep or not name.isidentifier():
-            raise ValueError(f"--option {pair!r} must look like NAME=VALUE, e.g. --option block_size=8")
-        try:
-            options[name] = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            options[name] = raw  # a bare word is a string
-    return options
+from ._common import add_color_option, parse_options
 
 
 def scheme_name(text: str) -> str:
@@ -67,8 +52,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="scheme option, repeatable (e.g. --option block_size=8)")
     p.add_argument("--workers", type=int, default=1, help="processes to use (default 1)")
     p.add_argument("--overwrite", action="store_true", help="redo and replace existing outputs")
-    p.add_argument("--mode", choices=("auto", "L", "RGB"), default="auto",
-                   help="auto keeps grayscale/RGB as they are; L or RGB converts every image")
+    add_color_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -86,7 +70,7 @@ def run(args: argparse.Namespace, *, decrypt: bool) -> int:
         raise ValueError("--workers must be at least 1")
     scheme = scheme_from_args(args)
     report = process_tree(scheme, args.src, args.dst, decrypt=decrypt, overwrite=args.overwrite,
-                          workers=args.workers, mode=args.mode, progress=not args.quiet)
+                          workers=args.workers, mode=args.color, progress=not args.quiet)
     stream = sys.stdout if report.ok else sys.stderr
     fp = f" (key {scheme.key.fingerprint})" if scheme.key is not None else ""
     print(f"{'decrypt' if decrypt else 'encrypt'} with {args.scheme}{fp} into {args.dst}: "

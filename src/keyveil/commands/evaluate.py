@@ -32,9 +32,8 @@ from ..engine import CheckpointError, EvalResult, evaluate, load_checkpoint, mod
 from ..errors import KeyveilError
 from ..keys import Key
 from ..schemes import Scheme, create, scheme_class
+from ._common import add_data_args, build_scheme, dataset_options, encrypt_split, parse_options
 from ._keyed import KeyedCommandError, keyed_checkpoint_payload, load_key, load_keyed_model
-from .crypt import parse_options
-from .train import add_data_args, build_scheme, dataset_options, encrypt_split
 
 
 class EvaluateError(KeyveilError):

@@ -18,83 +18,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..data import EncryptedDataset, ImageDataset, create_dataset, list_datasets
-from ..data.encrypted import TEST_NONCE_OFFSET
+from ..data import create_dataset
 from ..engine import OPTIMIZERS, build_model, fit, is_main_process, seed_everything
 from ..engine.dp import PrivacyConfig, PrivacyConfigError, fit_private
-from ..keys import Key
-from ..schemes import Scheme, create, list_schemes, scheme_class
-from .crypt import parse_options
-
-
-def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Options for ``imagefolder`` (``--image-size``, ``--mode``); none for the others."""
-    opts: dict[str, Any] = {}
-    if getattr(args, "image_size", None):
-        opts["image_size"] = tuple(args.image_size)
-    if getattr(args, "mode", None):
-        opts["mode"] = args.mode
-    return opts if args.dataset == "imagefolder" else {}
-
-
-def build_scheme(name: str | None, key_path: str | None, options: list[str] | dict[str, Any], *,
-                 wrong_key: bool = False) -> Scheme | None:
-    """The scheme ``name`` with the key in ``key_path`` (or a fresh random key if ``wrong_key``)."""
-    if name is None:
-        return None
-    cls = scheme_class(name)
-    if wrong_key:
-        key: Key | None = Key.generate() if cls.needs_key or key_path else None
-    else:
-        key = Key.load(key_path) if key_path else None
-    if key is None and cls.needs_key:
-        raise ValueError(f"scheme {name!r} needs a key: pass --key KEYFILE (make one with keyveil keygen)")
-    opts = parse_options(options) if isinstance(options, list) else dict(options)
-    try:
-        return create(name, key, **opts)
-    except TypeError as exc:
-        raise ValueError(f"bad --option for scheme {name!r}: {exc}") from None
-
-
-def encrypt_split(ds: ImageDataset, scheme: Scheme | None, *, randomness: str) -> ImageDataset:
-    """``ds`` encrypted on the fly by ``scheme`` (test splits get their own nonces)."""
-    if scheme is None:
-        return ds
-    offset = TEST_NONCE_OFFSET if ds.split == "test" else 0
-    return EncryptedDataset(ds, scheme, randomness=randomness, nonce_offset=offset)
-
-
-def scheme_meta(scheme: Scheme | None, randomness: str, manifest: dict | None = None) -> dict | None:
-    """What a checkpoint records about the scheme: config and key fingerprint, never the secret."""
-    if scheme is not None:
-        return {**scheme.config, "randomness": randomness if scheme.per_image else None, "applied": "on the fly"}
-    if manifest is not None:
-        return {"scheme": manifest.get("scheme"), "params": manifest.get("params", {}),
-                "key_fingerprint": manifest.get("key_fingerprint"), "randomness": None,
-                "applied": "encrypted folder"}
-    return None
-
-
-def add_data_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
-    p.add_argument("--dataset", required=required, choices=list_datasets(), metavar="NAME",
-                   help="dataset name (see `keyveil datasets`)")
-    p.add_argument("--data-dir", help="folder for cifar10, imagefolder (e.g. a `keyveil encrypt` output) "
-                   "or a Fashion-MNIST copy")
-    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="imagefolder: resize to H W")
-    p.add_argument("--mode", choices=("auto", "L", "RGB"), help="imagefolder: colour mode")
-    p.add_argument("--limit", type=int, help="use at most this many training images (a fixed stratified subset)")
-    p.add_argument("--test-limit", type=int, help="use at most this many test images")
-
-
-def add_scheme_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scheme", choices=list_schemes(), metavar="NAME",
-                   help="encrypt images on the fly with this scheme (see `keyveil schemes`)")
-    p.add_argument("--key", help="key file (from `keyveil keygen`)")
-    p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
-                   help="scheme option, repeatable (e.g. --option block_size=8)")
-    p.add_argument("--randomness", choices=("nonce", "fresh"), default="fresh",
-                   help="per-image schemes: 'fresh' scrambles anew every epoch (default); 'nonce' uses the key "
-                   "and the image index (reproducible)")
+from ._common import (
+    add_data_args,
+    add_scheme_args,
+    build_scheme,
+    dataset_options,
+    encrypt_split,
+    scheme_meta,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

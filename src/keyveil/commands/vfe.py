@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..imageio import read_image
 from ..metrics import vfe
+from ._common import add_color_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,8 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--window", type=int, default=14, help="region side in pixels (default 14)")
     p.add_argument("--beta", type=float, default=1.0, help="scaling constant (default 1)")
-    p.add_argument("--mode", choices=("auto", "L", "RGB"), default="auto",
-                   help="auto keeps grayscale/RGB as they are; L or RGB converts every image")
+    add_color_option(p)
     p.set_defaults(func=run)
 
 
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     for name in args.images:
         path = Path(name)
         try:
-            image = read_image(path, args.mode)
+            image = read_image(path, args.color)
         except (ValueError, OSError) as exc:
             print(f"{path}: error: {exc}", file=sys.stderr)
             failed += 1
