@@ -142,24 +142,24 @@ def test_registered_with_keyword_only_hyperparameters():
     assert "key-from-model" in SCENARIOS
 
 
-def test_scenario_and_report_section(key):
-    pixel = make_scheme("pixel", "fashion-mnist", key)
-    sc = run_scenario("key-from-model", pixel, "fashion-mnist", test_n=4,
+def test_scenario_and_report_section(key, fashion):
+    pixel = make_scheme("pixel", fashion, key)
+    sc = run_scenario("key-from-model", pixel, fashion, test_n=4,
                       options={"mode": "deformable", "method": "probe", "checkpoint": True})
     assert sc.result.metrics["fraction_recovered"] == 1.0 and sc.result.metrics["decrypted_exactly"] == 1.0
     assert torch.equal(sc.recovered, sc.originals) and sc.settings["source"] == "checkpoint"
     with pytest.raises(AttackError, match="pixel scheme"):
-        run_scenario("key-from-model", make_scheme("etc", "fashion-mnist", key), "fashion-mnist", test_n=2)
+        run_scenario("key-from-model", make_scheme("etc", fashion, key), fashion, test_n=2)
     md, rows = security_report(sections=("key-from-model",), pictures=None, quick=True)
     assert len(rows) == 8 and all(r.verdict.startswith("**broken**") for r in rows)
     assert "Who must not hold a keyed model" in md and "A keyed model is the key" in md
 
 
-def test_attack_command(tmp_path, capsys):
+def test_attack_command(tmp_path, capsys, fashion):
     from keyveil.cli import main
 
     out = tmp_path / "mk.png"
-    assert main(["attack", "--attack", "key-from-model", "--scheme", "pixel", "--dataset", "fashion-mnist",
+    assert main(["attack", "--attack", "key-from-model", "--scheme", "pixel", "--dataset", fashion,
                  "--test-n", "3", "-o", str(out)]) == 0
     text = capsys.readouterr().out
     assert "fraction_recovered             1.0000" in text and "decrypted_exactly              1.0000" in text

@@ -148,7 +148,7 @@ def test_resume_refuses_another_dataset_model_or_scheme(run, capsys):
     ckpt.write_bytes((tmp / "plain.pt").read_bytes())
     base = ["train", "--limit", "300", "--test-limit", "200", "--epochs", "2", "--quiet", "--resume", str(ckpt)]
     cases = {
-        "dataset": (["--dataset", "fashion-mnist"], "dataset is 'mnist5k' there, 'fashion-mnist' here"),
+        "dataset": (["--dataset", "att-faces"], "dataset is 'mnist5k' there, 'att-faces' here"),
         "model": (["--dataset", "mnist5k", "--model", "resnet18"], "model is 'smallcnn' there, 'resnet18' here"),
         "scheme": (["--dataset", "mnist5k", "--scheme", "pixel", "--key", str(tmp / "key.json")],
                    "scheme is none (plain images) there, 'pixel' here"),
