@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..atomic import write_atomic
 from ..data import create_dataset, dataset_source
 from ..data.detection import EncryptedDetection, is_detection_dataset
 from ..data.encrypted import TEST_NONCE_OFFSET
@@ -102,11 +103,10 @@ def train_detection(args: argparse.Namespace) -> int:
         save_checkpoint(output, state)
         _say(f"wrote {output} (test mAP@[.5:.95] {last['test_map']:.4f}, mAP@.5 {last['test_map_50']:.4f})")
         if args.json:
-            path = Path(args.json)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"checkpoint": str(output), "task": "detection", "arch": arch,
-                                        "metrics": last, "history": result.history, "dataset": state["dataset"],
-                                        "scheme": state["scheme"]}, indent=2) + "\n")
+            write_atomic(args.json, json.dumps({"checkpoint": str(output), "task": "detection", "arch": arch,
+                                                "metrics": last, "history": result.history,
+                                                "dataset": state["dataset"], "scheme": state["scheme"]},
+                                               indent=2) + "\n", overwrite=True)
     return 0
 
 
@@ -159,8 +159,7 @@ def evaluate_detection(args: argparse.Namespace, state: dict[str, Any]) -> int:
     report = {"checkpoint": str(args.checkpoint), "task": "detection", "dataset": args.dataset, "split": split,
               "scheme": None if scheme is None else {**scheme.config, "wrong_key": bool(args.wrong_key)},
               "keyed": keyed_mode, "categories": list(ds.categories), **metrics}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_atomic(out, json.dumps(report, indent=2) + "\n", overwrite=True)
     print(f"wrote {out}")
     return 0
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from pathlib import Path
 from typing import Any
 
+from ..atomic import write_atomic
 from ..data import create_dataset
 from ..engine import OPTIMIZERS, build_model, fit, is_main_process, seed_everything
 from ..engine.dp import PrivacyConfig, PrivacyConfigError, fit_private
@@ -180,9 +180,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json and is_main_process():
             report = {"checkpoint": str(output), "epoch": result.epoch, "metrics": last, "history": result.history,
                       **{k: meta[k] for k in ("arch", "dataset", "scheme")}, "privacy": report_privacy}
-            path = Path(args.json)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(report, indent=2) + "\n")
+            write_atomic(args.json, json.dumps(report, indent=2) + "\n", overwrite=True)
     return 0
 
 
