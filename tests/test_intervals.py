@@ -52,3 +52,16 @@ def test_verdict_thresholds():
     assert verdict(Rate.of(93, 200), chance=chance, plain=plain) == "leaks"  # [39.7, 53.4]: low < 46.5 %
     assert verdict(Rate.of(120, 200), chance=chance, plain=plain) == "re-identified"  # [53.1, 66.5]
     assert Score.of([0.1, 0.2, 0.3]).describe().endswith("(n=3)")
+
+
+def test_security_report_reidentify_verdicts_are_read_off_the_interval():
+    from keyveil.attacks.report.verdicts import not_measured
+    from keyveil.attacks.report.verdicts import verdict as report_verdict
+
+    at_chance = {"worst_top1": 0.025, "chance": 0.025, "probes": 200}
+    assert report_verdict("reidentify", at_chance) == "partly: leaks"  # 200 probes cannot show 'holds' at chance
+    assert report_verdict("reidentify", {**at_chance, "probes": 600}).startswith("holds")
+    assert report_verdict("reidentify", {"worst_top1": 0.93, "chance": 0.025, "probes": 200}) == "**re-identified**"
+    assert not_measured("key-from-model", "etc").startswith("not applicable")
+    assert not_measured("known-plaintext", "visualmixer-seed+pixel") == "not run"  # its pixel step has a key
+    assert not_measured("instahide", "pixel").startswith("not applicable")

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import torch
 
+from ...metrics.intervals import VERDICT_RULES
 from ...metrics.keyspace import key_space_bits
 from ...schemes import list_schemes
 from .prose import SECTION_TEXT, THREAT_MODEL
-from .verdicts import severity
+from .verdicts import not_measured, severity
 
 __all__ = ["Row", "render", "parse_report", "COMMAND"]
 
@@ -110,10 +111,11 @@ def render(rows: list[Row], sections: tuple[str, ...], quick: bool, total: tuple
                 if h.dataset not in worst or severity(h.verdict) > severity(worst[h.dataset].verdict):
                     worst[h.dataset] = h
             cells.append("; ".join(f"{h.verdict} ({h.dataset}: {h.figure.split(' (')[0]}; {h.data})"
-                                   for h in worst.values()) or "—")
+                                   for h in worst.values()) or not_measured(sec, s))
         out.append(f"| {s} | " + " | ".join(cells) + " |")
-    out += ["", "(— : attack not applicable or not run. 'plain' is no encryption. Each cell shows, per data set, "
-            "the most severe result and the least attacker data that reached it; details below.)", ""]
+    out += ["", "('not applicable' says why the attack cannot apply; 'not run' is a hole in the evidence, not a "
+            "result. 'plain' is no encryption. Each cell shows, per data set, the most severe result and the least "
+            "attacker data that reached it; details below.)", "", VERDICT_RULES, ""]
     for sec in sections:
         sec_rows = [r for r in rows if r.section == sec]
         out += [f"## {sec} — `keyveil security-report --only {sec}`", "", SECTION_TEXT[sec], "",

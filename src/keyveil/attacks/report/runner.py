@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ...keys import Key
+from ...metrics.intervals import Rate
 from .._data import DEPRECATED_NAMES
 from ..scenarios import Scenario, make_scheme, plain_baseline, run_scenario
 from .markdown import Row, render
@@ -92,8 +93,9 @@ class Runner:
                 extra = "-{mode}-{method}-{source}".format(**sc.settings)
             tag = re.sub(r"[^A-Za-z0-9_-]+", "-", f"{section}-{label or scheme_name}-{dataset}{extra}").strip("-")
             pic = str(save_picture(sc, self.pictures / f"security-{tag}.png"))
-        row = Row(section, label or scheme_name, dataset, figure(m), data.format(**{**m, **sc.settings}),
-                  sc.result.cost.cpu_seconds, verdict(section, m), pic)
+        full = {**m, **sc.settings}  # the settings say how many trials (probes, pairs) the figures rest on
+        row = Row(section, label or scheme_name, dataset, figure(full), data.format(**full),
+                  sc.result.cost.cpu_seconds, verdict(section, full), pic)
         self.rows.append(row)
         self.log(f"{section:17s} {row.scheme:22s} {dataset:17s} {row.figure}  [{row.data}; attack {row.cpu_seconds:.2f} s "
                  f"CPU, scenario {cpu:.1f} s CPU]")
@@ -186,7 +188,10 @@ def _reidentify(r: Runner) -> None:
         for v in ("glance", "adapted", "inverted", "key-recovery"):
             best = max((val for k, val in m.items() if k.startswith(f"{v}/") and k.endswith("/top1")), default=None)
             cells.append(f"{v} {'n/a' if best is None else _pct(best)}")
-        return f"worst top-1 {_pct(m['worst_top1'])} (top-5 {_pct(m['worst_top5'])}); " + ", ".join(cells)
+        worst = _pct(m["worst_top1"])
+        if "probes" in m:  # with its 95 % Wilson interval and trial count
+            worst = Rate.of(int(round(m["worst_top1"] * m["probes"])), int(m["probes"])).describe()
+        return f"worst top-1 {worst} (top-5 {_pct(m['worst_top5'])}); " + ", ".join(cells)
 
     from ...schemes import create, list_schemes
 

@@ -13,7 +13,11 @@ Examples:
 
 from __future__ import annotations
 
-__all__ = ["verdict", "severity"]
+from ...metrics.intervals import Rate
+from ...metrics.intervals import verdict as rate_verdict
+from ...schemes.measured import FRONTIER_PLAIN
+
+__all__ = ["verdict", "severity", "not_measured"]
 
 
 def severity(verdict: str) -> int:
@@ -39,6 +43,11 @@ def verdict(section: str, m: dict[str, float]) -> str:
         return "**leaks** membership" if m["auc"] >= 0.55 else "no measurable leak"
     if section == "reidentify":
         w, chance = m["worst_top1"], m["chance"]
+        if "probes" in m:  # calibrated: read off the 95 % Wilson interval (metrics.intervals.VERDICT_RULES)
+            rate = Rate.of(int(round(w * m["probes"])), int(m["probes"]))
+            v = rate_verdict(rate, chance=chance, plain=m.get("plain_top1", FRONTIER_PLAIN.glance / 100))
+            return {"holds": "holds (95 % upper bound ≤ 2× chance)", "leaks": "partly: leaks",
+                    "re-identified": "**re-identified**"}[v]
         return "holds (≤ 2× chance)" if w <= 2 * chance else (
             "partly (≤ 10 %)" if w <= 0.10 else "**re-identified**")
     if section == "instahide":
@@ -51,3 +60,34 @@ def verdict(section: str, m: dict[str, float]) -> str:
         return "**broken**: the model gives up the key" if f == 1.0 else (
             "**broken**: most of the key" if f >= 0.9 else ("partly" if f >= 0.3 else "holds"))
     return ""
+
+
+_KEYLESS = ("patch", "mix", "visualmixer", "noise", "instahide")
+_KEYED_MODELS = ("pixel", "pixel-np", "vit")  # schemes a keyed model follows exactly (CNNs, the ViT)
+_WHOLE_BLOCKS = ("etc", "patch")  # block schemes whose blocks keep their pixels together
+
+
+def not_measured(section: str, scheme: str) -> str:
+    """What a summary cell says when ``section`` has no row for ``scheme``: why it cannot apply, or that it
+    was not run (a hole in the evidence, never a silent dash).
+
+    Examples:
+        >>> not_measured("chosen-plaintext", "visualmixer")
+        'not applicable: keyless, fresh randomness per image (no key to recover)'
+        >>> not_measured("membership", "etc")
+        'not run'
+    """
+    base = scheme.split(" ")[0]
+    steps = base.split("+")
+    keyless = all(any(s.startswith(k) for k in _KEYLESS) for s in steps)
+    if scheme == "plain":
+        return "not applicable: no encryption"
+    if section in ("chosen-plaintext", "known-plaintext", "ciphertext-only") and keyless:
+        return "not applicable: keyless, fresh randomness per image (no key to recover)"
+    if section == "key-from-model" and steps[-1] not in _KEYED_MODELS:
+        return "not applicable: no keyed model follows this scheme"
+    if section == "jigsaw" and not any(s in _WHOLE_BLOCKS for s in steps):
+        return "not applicable: no block keeps its pixels together"
+    if section == "instahide" and "instahide" not in steps:
+        return "not applicable: the scheme does not mix images"
+    return "not run"
