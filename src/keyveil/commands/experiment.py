@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..data import list_datasets
+from ._common import DeprecatedAlias, add_keyed_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,8 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--finetune-epochs", type=int, default=1)
     a.add_argument("--limit", type=int, help="training images (default: all)")
     a.add_argument("--test-limit", type=int, help="test images (default: all)")
-    a.add_argument("--mode", default="features", choices=("input", "features", "deformable"),
-                   help="keyed model mode (default features)")
+    add_keyed_option(a)
     _run_options(a, batch_size=128)
     a.set_defaults(func=run_privdl_cmd)
     b = inner.add_parser("schemes", help="accuracy of the same recipe on every scheme, drop vs plain")
@@ -104,13 +104,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     bl.set_defaults(func=run_baselines_cmd)
     dt = inner.add_parser("detection", help="object detection (VisualMixer Table VI's shape): plain, visualmixer, "
                                             "mix, and the keyed detector with / without the key")
-    dt.add_argument("--train-count", type=int, default=4000, help="training canvases (default 4000)")
-    dt.add_argument("--test-count", type=int, default=1000, help="held-out canvases (default 1000)")
+    dt.add_argument("--limit", type=int, default=4000, help="training canvases (default 4000)")
+    dt.add_argument("--test-limit", type=int, default=1000, help="held-out canvases (default 1000)")
+    dt.add_argument("--train-count", dest="limit", type=int, action=DeprecatedAlias, new="--limit",
+                    help=argparse.SUPPRESS)
+    dt.add_argument("--test-count", dest="test_limit", type=int, action=DeprecatedAlias, new="--test-limit",
+                    help=argparse.SUPPRESS)
     dt.add_argument("--epochs", type=int, default=8, help="detector training epochs per row (default 8)")
     dt.add_argument("--batch-size", type=int, default=16)
     dt.add_argument("--lr", type=float, default=2e-3)
-    dt.add_argument("--mode", default="features", choices=("input", "features", "deformable"),
-                    help="keyed detector mode (default features)")
+    add_keyed_option(dt, what="keyed detector mode (default features)")
     dt.add_argument("--schemes", nargs="*", choices=("visualmixer", "visualmixer-frontier", "mix"),
                     help="trained encrypted rows (default all three; none given: only plain and the keyed rows)")
     dt.add_argument("--frontier-json", default="results/frontier/frontier.json",
@@ -161,7 +164,7 @@ def run_privdl_cmd(args: argparse.Namespace) -> int:
 
     data = run_privdl(dataset=args.dataset, data_dir=args.data_dir, arch=args.model, epochs=args.epochs,
                       finetune_epochs=args.finetune_epochs, batch_size=args.batch_size, limit=args.limit,
-                      test_limit=args.test_limit, mode=args.mode, seed=args.seed, out_dir=args.output,
+                      test_limit=args.test_limit, mode=args.keyed, seed=args.seed, out_dir=args.output,
                       progress=not args.quiet, log=_log)
     _print_done(data)
     return 0
@@ -276,8 +279,8 @@ def run_baselines_cmd(args: argparse.Namespace) -> int:
 def run_detection_cmd(args: argparse.Namespace) -> int:
     from ..experiments.detection import run_detection
 
-    data = run_detection(train_count=args.train_count, test_count=args.test_count, epochs=args.epochs,
-                         batch_size=args.batch_size, lr=args.lr, mode=args.mode,
+    data = run_detection(train_count=args.limit, test_count=args.test_limit, epochs=args.epochs,
+                         batch_size=args.batch_size, lr=args.lr, mode=args.keyed,
                          schemes=None if args.schemes is None else tuple(args.schemes), frontier_json=args.frontier_json,
                          seed=args.seed, out_dir=args.output, progress=not args.quiet, log=_log)
     _print_done(data)
