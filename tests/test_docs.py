@@ -4,7 +4,8 @@ Blocks run in the order they appear, one temporary folder per document (a later 
 earlier one wrote, as a reader following the page would). ``python`` blocks are executed with that folder
 as the working directory; ``bash``/``sh`` blocks run under ``bash -euo pipefail`` there, with a ``keyveil``
 command on the PATH that runs this checkout's keyveil. Blocks in other languages (``text``, none) are not
-code. A block preceded by ``<!-- doc-test: skip "REASON" -->`` is reported as skipped with that reason
+code. The folder starts with ``photos/`` holding two real photos (scikit-image's), standing in for the
+reader's own. A block preceded by ``<!-- doc-test: skip "REASON" -->`` is reported as skipped with that reason
 (set-up commands and hour-long experiments; the keyed CLI path until it lands).
 """
 
@@ -72,8 +73,19 @@ def folder(tmp_path_factory, request) -> Path:
     """The working folder of the block's document, shared by its blocks in order."""
     block: Block = request.node.callspec.params["block"]
     if block.document not in _FOLDERS:
-        _FOLDERS[block.document] = tmp_path_factory.mktemp(block.document.stem)
+        _FOLDERS[block.document] = _with_photos(tmp_path_factory.mktemp(block.document.stem))
     return _FOLDERS[block.document]
+
+
+def _with_photos(folder: Path) -> Path:
+    """Stand in for the reader's ``photos/`` folder: two real photos from scikit-image."""
+    from PIL import Image
+    from skimage import data
+
+    (folder / "photos").mkdir()
+    for name in ("astronaut", "coffee"):
+        Image.fromarray(getattr(data, name)()).save(folder / "photos" / f"{name}.png")
+    return folder
 
 
 def _keyveil_on_path(folder: Path) -> dict[str, str]:
@@ -130,8 +142,9 @@ def test_docs_site_builds_without_warnings(tmp_path):
     mkdocs = shutil.which("mkdocs", path=str(Path(sys.executable).parent)) or shutil.which("mkdocs")
     if mkdocs is None:
         pytest.skip("mkdocs is not installed (pip install -e '.[docs]'; `make test` installs it)")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}  # Material's banner about MkDocs 2.0, not a build warning
     done = subprocess.run([mkdocs, "build", "--strict", "--site-dir", str(tmp_path / "site")], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+                          env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"mkdocs build --strict failed:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
     assert "WARNING" not in done.stderr, done.stderr[-6000:]
     assert (tmp_path / "site" / "getting-started.html").exists()
