@@ -8,6 +8,7 @@ command that reproduces each section) plus pictures under ``results/``
 
 from __future__ import annotations
 
+import datetime
 import math
 import platform
 import re
@@ -346,7 +347,8 @@ def _markdown(rows: list[Row], sections: tuple[str, ...], quick: bool, total: tu
          f"other {reused} from it (their attack CPU seconds are that run's; "
          "`keyveil security-report --output SECURITY.md` alone measures every row again; ")
         + f"torch threads: {torch.get_num_threads()}, "
-        f"{platform.machine()}, torch {torch.__version__}). One section alone: "
+        f"{platform.machine()}, torch {torch.__version__}, run {datetime.date.today().isoformat()}). "
+        "One section alone: "
         "`keyveil security-report --only SECTION` (the command is in each section's heading). "
         "Pictures (originals / encrypted / recovered) are written to `results/security-*.png` by the same "
         "command; they are not committed. Keys are `Key.from_seed(0)` so the figures reproduce; the attacks "
