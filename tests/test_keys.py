@@ -34,7 +34,7 @@ def test_literal_test_vectors():
 
 
 def test_stream_is_hmac_sha256_and_pcg64():
-    """Re-derive a permutation independently from the spec in DESIGN.md §2."""
+    """Re-derive a permutation independently from the spec in docs/design.md §2."""
     key = Key.from_seed(3)
     secret = base64.b64decode(json.loads(key.to_json())["secret"])
     assert key.fingerprint == hashlib.sha256(secret).digest()[:8].hex()

@@ -1,4 +1,4 @@
-"""ST-Adam (DESIGN.md §3.4): update rule, convergence, state round trip, a real small training run."""
+"""ST-Adam (docs/design.md §3.4): update rule, convergence, state round trip, a real small training run."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def test_converges_on_a_convex_quadratic():
 
 
 def reference_steps(theta0, grads, *, lr, b1, b2, eps, wd=0.0, mu=0.0):
-    """Hand-written ST-Adam, one plain line per formula of DESIGN.md §3.4."""
+    """Hand-written ST-Adam, one plain line per formula of docs/design.md §3.4."""
     theta = theta0.clone()
     m = torch.zeros_like(theta)
     v = torch.zeros_like(theta)

@@ -1,4 +1,4 @@
-"""VFE metric and VisualMixer's window-size bounds (DESIGN.md §3.4)."""
+"""VFE metric and VisualMixer's window-size bounds (docs/design.md §3.4)."""
 
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keyveil",
         description="Privacy-preserving deep learning on scrambled images.",
+        formatter_class=commands.OneLineHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"keyveil {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -4,7 +4,7 @@ A :class:`Key` holds 32 secret bytes. Every random choice a scheme or a keyed
 model makes is drawn from a stream ``HMAC-SHA256(secret, label)`` whose label
 names its purpose (``"pixel/perm/32x32"``, ``"block/k1/8x8"``, ...), so the
 same key and label give the same numbers on every platform and version, and
-different labels give independent numbers (DESIGN.md §2).
+different labels give independent numbers (docs/design.md §2).
 
 Examples:
     >>> from keyveil import Key

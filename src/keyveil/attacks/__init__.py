@@ -1,4 +1,4 @@
-"""Attacks on scrambling schemes behind one interface (DESIGN.md §5).
+"""Attacks on scrambling schemes behind one interface (docs/design.md §5).
 
 Every attack is created with keyword-only hyperparameters and run with one
 call, ``attack.run(**inputs)``, which returns an :class:`AttackResult`

@@ -1,4 +1,4 @@
-"""The attack contract: a registry, one entry point, structured results (DESIGN.md §5).
+"""The attack contract: a registry, one entry point, structured results (docs/design.md §5).
 
 Every attack is a class with keyword-only hyperparameters and a single
 ``run(**inputs)`` method that returns an :class:`AttackResult` (or a

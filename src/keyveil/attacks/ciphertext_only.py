@@ -1,4 +1,4 @@
-"""Ciphertext-only attack on a fixed-key pixel permutation (DESIGN.md §5).
+"""Ciphertext-only attack on a fixed-key pixel permutation (docs/design.md §5).
 
 Natural images are smooth: across a dataset, neighbouring pixels are far more
 correlated than distant ones. A fixed permutation moves the pixels but keeps

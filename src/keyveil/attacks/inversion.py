@@ -1,4 +1,4 @@
-"""Learned inversion: a small U-Net trained to undo a scheme (DESIGN.md §5).
+"""Learned inversion: a small U-Net trained to undo a scheme (docs/design.md §5).
 
 For keyless per-image schemes (``patch``, ``mix``, ``visualmixer``) anybody
 can make unlimited (encrypted, plain) pairs from public images, since the

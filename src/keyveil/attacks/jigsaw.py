@@ -1,4 +1,4 @@
-"""Jigsaw-puzzle solver for block scrambling (EtC, ``patch``) (DESIGN.md §5).
+"""Jigsaw-puzzle solver for block scrambling (EtC, ``patch``) (docs/design.md §5).
 
 Block schemes without an in-block shuffle (K5) keep every block's pixels
 together, so the image is a jigsaw puzzle: each block's border continues its

@@ -1,4 +1,4 @@
-"""Membership inference by loss threshold (Yeom et al., CSF 2018) (DESIGN.md §5).
+"""Membership inference by loss threshold (Yeom et al., CSF 2018) (docs/design.md §5).
 
 A model fits its training records better than unseen ones; whoever can query
 it (here: with the records as the server sees them, encrypted) guesses

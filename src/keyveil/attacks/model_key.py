@@ -1,4 +1,4 @@
-"""A keyed model is the key: recover the ``pixel`` key from a keyed CNN (DESIGN.md §4.1, §7).
+"""A keyed model is the key: recover the ``pixel`` key from a keyed CNN (docs/design.md §4.1, §7).
 
 A keyed CNN (:func:`keyveil.models.keyed`) runs the plain weights on
 scrambled maps, so it must know where every pixel went: its index buffers

@@ -1,4 +1,4 @@
-"""Re-identification: can someone tell *who* is in a scrambled face? (DESIGN.md §7).
+"""Re-identification: can someone tell *who* is in a scrambled face? (docs/design.md §7).
 
 The attacker holds a *gallery* of plain photos of every person (AT&T faces:
 photos 1–5 of each of the 40 people); the client's other photos (6–10) are the

@@ -1,17 +1,21 @@
-"""``keyveil experiment``: reproduce the seeds' tables (``privdl``, ``schemes``, ``frontier``) under ``results/``."""
+"""``keyveil experiment``: reproduce the result tables of RESULTS.md under ``results/`` (one sub-command each)."""
 
 from __future__ import annotations
 
 import argparse
 
 from ..data import list_datasets
+from . import OneLineHelpFormatter
 from ._common import DeprecatedAlias, add_keyed_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("experiment", help="reproduce a result table (privdl, schemes) into results/")
+    p = sub.add_parser("experiment", help="reproduce a result table under results/ (keyveil experiment -h lists them)",
+                       formatter_class=OneLineHelpFormatter,
+                       description="Reproduce one of the result tables of RESULTS.md: each experiment writes "
+                                   "NAME.md and NAME.json (and its plots) under --output.")
     inner = p.add_subparsers(dest="experiment", metavar="NAME", required=True)
-    a = inner.add_parser("privdl", help="PrivDL Table 1: plain, pre-trained, fine-tuned, keyed with/without key")
+    a = inner.add_parser("privdl", help="PrivDL Table 1: plain, pre-trained, fine-tuned, keyed with and without the key")
     a.add_argument("--dataset", default="fashion-mnist", choices=list_datasets())
     a.add_argument("--data-dir")
     a.add_argument("--model", default="smallcnn")
@@ -22,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_keyed_option(a)
     _run_options(a, batch_size=128)
     a.set_defaults(func=run_privdl_cmd)
-    b = inner.add_parser("schemes", help="accuracy of the same recipe on every scheme, drop vs plain")
+    b = inner.add_parser("schemes", help="accuracy of one recipe on every scheme (and model), drop vs plain")
     b.add_argument("--datasets", nargs="+", choices=list_datasets(),
                    help="default: fashion-mnist att-faces (with --models: fashion-mnist, one dataset)")
     b.add_argument("--schemes", nargs="+", help="default: plain pixel etc le ele vit patch mix visualmixer "
@@ -46,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "others all)")
     _run_options(b, batch_size=64)
     b.set_defaults(func=run_schemes_cmd)
-    f = inner.add_parser("frontier", help="privacy (face re-identification) vs accuracy for every scheme's strength")
+    f = inner.add_parser("frontier", help="privacy (face re-identification) vs accuracy drop for every scheme's strength")
     f.add_argument("--schemes", nargs="+", help="only the points of these schemes (default: all; plain is kept)")
     f.add_argument("--epochs", type=int, default=2, help="Fashion-MNIST training epochs (default 2)")
     f.add_argument("--limit", type=int, default=10000, help="Fashion-MNIST training images (default 10000)")
@@ -58,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="reuse the points of an earlier frontier.json in --output measured with the same recipe")
     f.add_argument("--quiet", action="store_true")
     f.set_defaults(func=run_frontier_cmd)
-    d = inner.add_parser("distill", help="knowledge distillation: teacher/student on plain vs VisualMixer images")
+    d = inner.add_parser("distill", help="knowledge distillation: teacher/student on plain vs encrypted images")
     d.add_argument("--dataset", default="fashion-mnist", choices=list_datasets())
     d.add_argument("--scheme", default="visualmixer-seed",
                    help="the encryption compared with plain (default visualmixer-seed, the paper's setting)")
@@ -82,8 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     fl.add_argument("--test-limit", type=int, help="test images (default: all)")
     _run_options(fl, batch_size=64)
     fl.set_defaults(func=run_federated_cmd)
-    bl = inner.add_parser("baselines", help="plain / VisualMixer / DP-SGD / noise / InstaHide: accuracy and "
-                                            "training throughput for several architectures")
+    bl = inner.add_parser("baselines", help="plain / VisualMixer / DP-SGD / noise / InstaHide: accuracy and throughput")
     bl.add_argument("--dataset", default="fashion-mnist", choices=list_datasets())
     bl.add_argument("--models", nargs="+", default=None, help="architectures (default smallcnn mobilenet_v3_small "
                                                               "shufflenet_v2_x0_5)")
@@ -102,8 +105,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     bl.add_argument("-o", "--output", default="results")
     bl.add_argument("--quiet", action="store_true")
     bl.set_defaults(func=run_baselines_cmd)
-    dt = inner.add_parser("detection", help="object detection (VisualMixer Table VI's shape): plain, visualmixer, "
-                                            "mix, and the keyed detector with / without the key")
+    dt = inner.add_parser("detection", help="object detection: plain, encrypted, keyed detector with and without the key")
     dt.add_argument("--limit", type=int, default=4000, help="training canvases (default 4000)")
     dt.add_argument("--test-limit", type=int, default=1000, help="held-out canvases (default 1000)")
     dt.add_argument("--train-count", dest="limit", type=int, action=DeprecatedAlias, new="--limit",
@@ -122,8 +124,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     dt.add_argument("-o", "--output", default="results")
     dt.add_argument("--quiet", action="store_true")
     dt.set_defaults(func=run_detection_cmd)
-    op = inner.add_parser("optimizers", help="ST-Adam vs Adam per epoch on plain and VisualMixer images "
-                          "(VisualMixer Fig. 6): curves (PNG) and table under results/optimizers")
+    op = inner.add_parser("optimizers", help="ST-Adam vs Adam per epoch on plain and VisualMixer images (curves and table)")
     op.add_argument("--dataset", default="fashion-mnist", choices=list_datasets())
     op.add_argument("--models", nargs="+", default=["smallcnn", "shufflenet_v2_x0_5"], metavar="ARCH",
                     help="architectures (default smallcnn shufflenet_v2_x0_5; any `keyveil train --model`)")

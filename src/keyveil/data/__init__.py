@@ -1,4 +1,4 @@
-"""Real datasets available offline, and encrypted views of them (DESIGN.md §6).
+"""Real datasets available offline, and encrypted views of them (docs/design.md §6).
 
 Every dataset yields ``(image, label)`` with ``image`` a uint8 ``(C,H,W)``
 tensor, so schemes apply exactly. Datasets are registered by name; nothing is

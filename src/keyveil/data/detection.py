@@ -1,4 +1,4 @@
-"""Object-detection datasets: real objects on canvases (offline) and COCO-format folders (DESIGN.md §9).
+"""Object-detection datasets: real objects on canvases (offline) and COCO-format folders (docs/design.md §9).
 
 Every detection dataset yields ``(image, target)``: ``image`` a uint8
 ``(C,H,W)`` tensor (so schemes apply exactly) and ``target`` a dict with

@@ -1,4 +1,4 @@
-"""The built-in datasets: real images that ship with packages on this machine (DESIGN.md §6).
+"""The built-in datasets: real images that ship with packages on this machine (docs/design.md §6).
 
 Nothing here downloads: every source reads files already on disk and, when
 they are absent, says how to get them.

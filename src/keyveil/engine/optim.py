@@ -19,7 +19,7 @@ def make_optimizer(name: str, params: Iterable[torch.nn.Parameter], *, lr: float
     Args:
         name: ``"sgd"`` (with Nesterov momentum), ``"adam"``, or ``"stadam"``
             (:class:`keyveil.optim.STAdam`, VisualMixer's Adam without bias
-            correction, DESIGN.md §3.4).
+            correction, docs/design.md §3.4).
         lr: learning rate; default per optimizer (:data:`DEFAULT_LR`).
         weight_decay: L2 penalty (decoupled for ST-Adam, as it defines it).
         momentum: SGD momentum.

@@ -1,4 +1,4 @@
-"""The privacy–utility frontier: every scheme's strength knob, each point measured both ways (DESIGN.md §7).
+"""The privacy–utility frontier: every scheme's strength knob, each point measured both ways (docs/design.md §7).
 
 Utility: the accuracy of the recipe of ``keyveil experiment schemes`` (small
 CNN, or Hao et al.'s invariant ViT for ``patch``/``mix``) trained on encrypted

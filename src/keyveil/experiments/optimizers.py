@@ -13,7 +13,7 @@ not a schedule. ST-Adam drops Adam's bias correction, so at step ``t`` its
 step is ``(1 - beta1**t) / sqrt(1 - beta2**t)`` times Adam's: 3.2× at t = 1,
 6.5× at t = 10, 3.2× at t = 100, 1.3× at t = 1000 (betas 0.9, 0.999) — larger
 steps early on, which the shared learning-rate search is there to separate
-from a mere change of rate (DESIGN.md §3.4).
+from a mere change of rate (docs/design.md §3.4).
 
 **Verdict rule** (ours; the paper only shows curves): after epoch 1, ST-Adam
 "converges faster" if its mean test accuracy exceeds Adam's by more than the

@@ -1,4 +1,4 @@
-"""Privacy and quality metrics: PSNR, SSIM, VFE, key-space size (DESIGN.md §5)."""
+"""Privacy and quality metrics: PSNR, SSIM, VFE, key-space size (docs/design.md §5)."""
 
 from __future__ import annotations
 

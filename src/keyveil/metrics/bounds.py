@@ -1,8 +1,8 @@
-"""VisualMixer's window-size bounds (DESIGN.md §3.4, paper Sec. IV-B and IV-C).
+"""VisualMixer's window-size bounds (docs/design.md §3.4, paper Sec. IV-B and IV-C).
 
 The implementation lives in :mod:`keyveil.schemes.visualmixer.bounds` (the
 ``visualmixer`` scheme derives ``ws_max`` from :func:`ws_upper`, and schemes
-never import metrics, DESIGN.md §1); this module is its public home.
+never import metrics, docs/design.md §1); this module is its public home.
 
 Examples:
     >>> from keyveil.metrics import expected_vfe, ws_lower

@@ -1,9 +1,9 @@
-"""Visual Feature Entropy (VFE), VisualMixer's visual-privacy metric (DESIGN.md §3.4).
+"""Visual Feature Entropy (VFE), VisualMixer's visual-privacy metric (docs/design.md §3.4).
 
 The kernel lives in :mod:`keyveil.schemes.visualmixer.vfe` (definition, our
 reading of the paper, clipped edge windows), because the ``visualmixer``
 scheme uses it to choose its windows and schemes never import metrics
-(DESIGN.md §1); this module is its public home.
+(docs/design.md §1); this module is its public home.
 
 Examples:
     >>> import torch

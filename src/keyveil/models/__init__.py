@@ -1,4 +1,4 @@
-"""Key-aware models: plain models that run on encrypted images (DESIGN.md §4).
+"""Key-aware models: plain models that run on encrypted images (docs/design.md §4).
 
 * :func:`keyed` — a plain CNN (``pixel`` scheme; modes ``input``,
   ``features``, ``deformable``; torchvision and timm classifiers incl.

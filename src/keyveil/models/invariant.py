@@ -1,4 +1,4 @@
-"""Hao et al.'s invariant ViTs for the per-image ``patch`` and ``mix`` schemes (DESIGN.md §4.3).
+"""Hao et al.'s invariant ViTs for the per-image ``patch`` and ``mix`` schemes (docs/design.md §4.3).
 
 * **PE-ViT** (for ``patch``): no position embedding; every patch token gets a
   reference-based positional encoding ``x_i + g(x_i - r)`` with a learned

@@ -1,4 +1,4 @@
-"""``keyed()``: turn a plain model into one that runs on encrypted images (DESIGN.md §4).
+"""``keyed()``: turn a plain model into one that runs on encrypted images (docs/design.md §4).
 
 Examples:
     A small CNN for 28×28 grayscale images, run on ``pixel``-encrypted input:

@@ -1,4 +1,4 @@
-"""Keyed CNNs: any traceable CNN, unchanged weights, run on ``pixel``-encrypted images (DESIGN.md §4.1).
+"""Keyed CNNs: any traceable CNN, unchanged weights, run on ``pixel``-encrypted images (docs/design.md §4.1).
 
 Three modes:
 

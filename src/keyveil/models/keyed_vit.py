@@ -1,4 +1,4 @@
-"""Keyed ViT: a block-wise key folded into a torchvision ``VisionTransformer`` (DESIGN.md §4.2).
+"""Keyed ViT: a block-wise key folded into a torchvision ``VisionTransformer`` (docs/design.md §4.2).
 
 With block size = patch size, a block scheme whose in-block steps are the same
 for every block (shared in-block shuffle K5, shared negative–positive mask K3)

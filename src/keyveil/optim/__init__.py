@@ -1,4 +1,4 @@
-"""Optimizers for training on scrambled images (DESIGN.md §3.4)."""
+"""Optimizers for training on scrambled images (docs/design.md §3.4)."""
 
 from __future__ import annotations
 

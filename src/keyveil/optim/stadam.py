@@ -1,4 +1,4 @@
-"""ST-Adam: Adam without bias correction, plus weight decay and step momentum (DESIGN.md §3.4).
+"""ST-Adam: Adam without bias correction, plus weight decay and step momentum (docs/design.md §3.4).
 
 Our reading of VisualMixer's Sec. IV-E ("Stable Adaptive Moment Estimation"):
 the paper keeps Adam's two moment estimates, drops the two bias-correction

@@ -1,4 +1,4 @@
-"""Image scrambling schemes behind one contract (DESIGN.md §3).
+"""Image scrambling schemes behind one contract (docs/design.md §3).
 
 Examples:
     >>> from keyveil import Key, schemes

@@ -1,4 +1,4 @@
-"""The :class:`Scheme` contract every scrambling scheme follows (DESIGN.md §3)."""
+"""The :class:`Scheme` contract every scrambling scheme follows (docs/design.md §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``noise`` and ``instahide`` — the obfuscations VisualMixer compares against (DESIGN.md §3.5).
+"""``noise`` and ``instahide`` — the obfuscations VisualMixer compares against (docs/design.md §3.5).
 
 Neither rearranges pixels, and neither is a cipher: ``noise`` adds fresh
 Gaussian noise to every pixel (the "DP" image obfuscation of VisualMixer's

@@ -1,4 +1,4 @@
-"""``block`` — the block-wise family: EtC, LE, ELE and ViT-style (DESIGN.md §3.2).
+"""``block`` — the block-wise family: EtC, LE, ELE and ViT-style (docs/design.md §3.2).
 
 All enabled steps of a fixed key compose into one permutation of the image's
 ``C*H*W`` values (or of its ``2*C*H*W`` nibbles for LE/ELE) plus one flip

@@ -1,4 +1,4 @@
-"""``patch`` and ``mix`` — Hao et al.'s per-image schemes (DESIGN.md §3.3)."""
+"""``patch`` and ``mix`` — Hao et al.'s per-image schemes (docs/design.md §3.3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``pixel`` — PrivDL's fixed-key pixel shuffle (DESIGN.md §3.1)."""
+"""``pixel`` — PrivDL's fixed-key pixel shuffle (docs/design.md §3.1)."""
 
 from __future__ import annotations
 

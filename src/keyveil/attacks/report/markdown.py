@@ -7,6 +7,7 @@ reads the rows back from a report it wrote, so a later run can reuse them.
 
 from __future__ import annotations
 
+import datetime
 import math
 import platform
 import re
@@ -89,7 +90,8 @@ def render(rows: list[Row], sections: tuple[str, ...], quick: bool, total: tuple
          f"other {reused} from it (their attack CPU seconds are that run's; "
          "`keyveil security-report --output SECURITY.md` alone measures every row again; ")
         + f"torch threads: {torch.get_num_threads()}, "
-        f"{platform.machine()}, torch {torch.__version__}). One section alone: "
+        f"{platform.machine()}, torch {torch.__version__}, run {datetime.date.today().isoformat()}). "
+        "One section alone: "
         "`keyveil security-report --only SECTION` (the command is in each section's heading). "
         "Pictures (originals / encrypted / recovered) are written to `results/security-*.png` by the same "
         "command; they are not committed. Keys are `Key.from_seed(0)` so the figures reproduce; the attacks "

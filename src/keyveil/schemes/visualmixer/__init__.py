@@ -1,4 +1,4 @@
-"""``visualmixer`` — VFE-guided adaptive window pixel shuffle (VisualMixer, DESIGN.md §3.4).
+"""``visualmixer`` — VFE-guided adaptive window pixel shuffle (VisualMixer, docs/design.md §3.4).
 
 Every image is cut into a quadtree of square windows (Algorithm 1 of the
 paper): tile it with the largest window side, take the median VFE ``m`` of
@@ -31,7 +31,7 @@ Modules:
 
 The VFE and the bounds live here because the scheme needs them to choose its
 windows, and data flows one way: :mod:`keyveil.metrics` imports schemes,
-never the reverse (DESIGN.md §1).
+never the reverse (docs/design.md §1).
 """
 
 from __future__ import annotations

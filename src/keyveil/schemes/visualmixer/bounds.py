@@ -1,8 +1,8 @@
-"""VisualMixer's window-size bounds (DESIGN.md §3.4, paper Sec. IV-B and IV-C).
+"""VisualMixer's window-size bounds (docs/design.md §3.4, paper Sec. IV-B and IV-C).
 
 Public as :mod:`keyveil.metrics.bounds`; it lives here because the scheme
 derives ``ws_max`` from :func:`ws_upper`, and schemes never import metrics
-(DESIGN.md §1).
+(docs/design.md §1).
 
 - :func:`ws_lower` (privacy): the smallest window side ``WS`` whose shuffled
   VFE reaches a target at a given confidence. If a window of side ``WS`` with

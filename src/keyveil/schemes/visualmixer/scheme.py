@@ -1,4 +1,4 @@
-"""The ``visualmixer`` scheme: VFE-guided adaptive window pixel shuffle (VisualMixer, DESIGN.md §3.4).
+"""The ``visualmixer`` scheme: VFE-guided adaptive window pixel shuffle (VisualMixer, docs/design.md §3.4).
 
 :class:`VisualMixer` chooses every image's windows with
 :func:`~keyveil.schemes.visualmixer.windows.quadtree_windows` (optionally
@@ -223,7 +223,7 @@ class VisualMixer(Scheme):
                 "(models train on the shuffled images)")
 
     def _min_level(self, x: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor | None:
-        """Per-image lowest level reaching ``target_vfe`` (DESIGN.md §3.4 lower bound)."""
+        """Per-image lowest level reaching ``target_vfe`` (docs/design.md §3.4 lower bound)."""
         if self.target_vfe is None or len(sizes) == 1:
             return None
         b, c, h, w = x.shape

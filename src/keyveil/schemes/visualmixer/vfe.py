@@ -1,8 +1,8 @@
-"""Visual Feature Entropy (VFE), VisualMixer's visual-privacy metric (DESIGN.md §3.4).
+"""Visual Feature Entropy (VFE), VisualMixer's visual-privacy metric (docs/design.md §3.4).
 
 The kernel of :mod:`keyveil.metrics.vfe` (its public home): it lives here
 because Algorithm 1 (:mod:`~keyveil.schemes.visualmixer.windows`) compares the
-windows' :func:`window_sums`, and schemes never import metrics (DESIGN.md §1).
+windows' :func:`window_sums`, and schemes never import metrics (docs/design.md §1).
 
 For one channel ``I`` of a region ``R`` the gradient energy at a pixel is
 ``D(i,j) = (I(i,j+1) - I(i,j))**2 + (I(i+1,j) - I(i,j))**2``, where a

@@ -15,7 +15,7 @@ set the torch shuffle of :mod:`~keyveil.schemes.visualmixer.shuffle` uses: one
 gather puts every image into a layout in which every window of every level is
 a contiguous run of pixels.
 
-Our readings (DESIGN.md §3.4): window sides are ``ws_min * 2**l`` (the
+Our readings (docs/design.md §3.4): window sides are ``ws_min * 2**l`` (the
 paper's powers of two when ``ws_min`` is 1, 2, 4, ...); a window that does not fit
 inside the image at the right/bottom edge is clipped and its pixels are
 shuffled among themselves; the median is the lower median of the top-level
