@@ -148,3 +148,13 @@ def test_docs_site_builds_without_warnings(tmp_path):
     assert done.returncode == 0, f"mkdocs build --strict failed:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
     assert "WARNING" not in done.stderr, done.stderr[-6000:]
     assert (tmp_path / "site" / "getting-started.html").exists()
+
+
+def test_user_documents_cite_nothing_outside_the_repository():
+    """No development-log references (issue / stop numbers) and no files a user of the repository lacks."""
+    documents = [ROOT / n for n in ("README.md", "RESULTS.md", "BENCHMARKS.md", "SECURITY.md", "CHANGELOG.md")]
+    pattern = re.compile(r"\b[Ii]ssues? \d+|\b[Ss]tops? \d+|\bDESIGN\.md|shared folder|shared/seeds")
+    for document in documents + DOCUMENTS[1:]:
+        hits = [f"{document.name}:{i}: {line.strip()}"
+                for i, line in enumerate(document.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
+        assert not hits, "\n".join(hits)
