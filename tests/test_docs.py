@@ -16,6 +16,7 @@ import io
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -128,11 +129,16 @@ def test_code_block_runs(block: Block, folder: Path, monkeypatch):
             with contextlib.redirect_stdout(out):
                 exec(compile(block.code, block.name, "exec"), {"__name__": "__doc_block__"})
         else:
-            done = subprocess.run(["bash", "-euo", "pipefail", "-c", block.code], cwd=folder,
-                                  env=_keyveil_on_path(folder), capture_output=True, text=True, timeout=900)
-            assert done.returncode == 0, (
-                f"{block.name} exited {done.returncode}\n--- stdout\n{done.stdout[-4000:]}"
-                f"\n--- stderr\n{done.stderr[-4000:]}")
+            with subprocess.Popen(["bash", "-euo", "pipefail", "-c", block.code], cwd=folder,
+                                  env=_keyveil_on_path(folder), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, start_new_session=True) as shell:
+                try:
+                    stdout, stderr = shell.communicate(timeout=600)
+                except BaseException:  # timeout or interrupt: end the block's whole process group
+                    os.killpg(shell.pid, signal.SIGKILL)
+                    raise
+            assert shell.returncode == 0, (
+                f"{block.name} exited {shell.returncode}\n--- stdout\n{stdout[-4000:]}\n--- stderr\n{stderr[-4000:]}")
     except BaseException:
         _FAILED.add(block.document)
         raise
@@ -148,3 +154,13 @@ def test_docs_site_builds_without_warnings(tmp_path):
     assert done.returncode == 0, f"mkdocs build --strict failed:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
     assert "WARNING" not in done.stderr, done.stderr[-6000:]
     assert (tmp_path / "site" / "getting-started.html").exists()
+
+
+def test_user_documents_cite_nothing_outside_the_repository():
+    """No development-log references (issue / stop numbers) and no files a user of the repository lacks."""
+    documents = [ROOT / n for n in ("README.md", "RESULTS.md", "BENCHMARKS.md", "SECURITY.md", "CHANGELOG.md")]
+    pattern = re.compile(r"\b[Ii]ssues? \d+|\b[Ss]tops? \d+|\bDESIGN\.md|shared folder|shared/seeds")
+    for document in documents + DOCUMENTS[1:]:
+        hits = [f"{document.name}:{i}: {line.strip()}"
+                for i, line in enumerate(document.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
+        assert not hits, "\n".join(hits)
