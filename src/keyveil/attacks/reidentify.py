@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engine.loop import index_batches, train_loop
-from ..schemes import GeometryError, Scheme
+from ..schemes import GeometryError, Scheme, SchemeError
 from .base import Attack, AttackError, AttackResult, Cost, measure, register_attack
 from .inversion import LearnedInversion
 from .permutation import ChosenPlaintext
@@ -401,7 +401,7 @@ class Reidentify(Attack):
         nibbles = bool(getattr(scheme, "nibbles", False))
         try:
             r = ChosenPlaintext(nibbles=nibbles).run(oracle=scheme.encrypt, image_size=(h, w), channels=c)
-        except AttackError as exc:
+        except (AttackError, SchemeError) as exc:  # SchemeError: the oracle refuses the crafted images
             return [], f"chosen-plaintext recovered no fixed permutation ({exc})"
         cost.queries += r.cost.queries
         return self._score(plain_rec, r.decrypt(enc), truth), ""
