@@ -10,7 +10,7 @@ from ..experiments.common import Timer
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "audit", help="measure any scheme (yours too) as keyveil measures its own: utility and every attack",
+        "audit", help="measure any scheme, yours too: utility and every attack, with intervals",
         description="Audit a scheme: the frontier's utility recipe plus every attack that applies to it as a black "
                     "box, each with its 95 %% interval, trial count and verdict. Writes audit.md, audit.json and "
                     "frontier.png (the scheme among the built-ins).",
