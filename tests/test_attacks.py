@@ -29,15 +29,6 @@ from keyveil.attacks._data import orl_faces
 from keyveil.attacks.ciphertext_only import grid_symmetries, neighbour_accuracy
 
 
-@pytest.fixture
-def one_thread():
-    """Small training loops run faster on one thread than two on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_registry_lists_every_attack_and_rejects_duplicates():
     assert set(list_attacks()) >= {"chosen-plaintext", "known-plaintext", "ciphertext-only", "jigsaw",
                                    "learned-inversion", "membership"}

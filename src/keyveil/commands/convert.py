@@ -92,11 +92,10 @@ def _num_classes(state: dict) -> int | None:
 
 
 def _load_weights(model: Any, state: dict, what: str) -> None:
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()]
-        detail = "; ".join(lines[:3]) + (f" (+{len(lines) - 3} more)" if len(lines) > 3 else "")
+    from ..models.checkpoint import load_state_or_explain
+
+    detail = load_state_or_explain(model, state)
+    if detail is not None:
         raise KeyedCommandError(f"the weights do not fit {what}: {detail}. Give the --model (and --num-classes, "
                            "--input-size channels) they were trained with; a `keyveil train` checkpoint carries "
                            "them itself") from None

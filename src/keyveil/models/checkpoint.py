@@ -173,12 +173,19 @@ def _build_arch(cfg: KeyedConfig, extra: dict[str, Any]) -> nn.Module:
                               "pass model=<a plain instance of it>") from None
 
 
-def _load_state(module: nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
+def load_state_or_explain(module: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """Load ``state`` into ``module``; ``None``, or torch's mismatch report cut to its first three lines."""
     try:
         module.load_state_dict(state)
     except RuntimeError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()]
-        detail = "; ".join(lines[:3]) + (f" (+{len(lines) - 3} more)" if len(lines) > 3 else "")
+        return "; ".join(lines[:3]) + (f" (+{len(lines) - 3} more)" if len(lines) > 3 else "")
+    return None
+
+
+def _load_state(module: nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
+    detail = load_state_or_explain(module, state)
+    if detail is not None:
         raise KeyedModelError(f"{path} does not fit the model it is loaded into: {detail}. Pass model=<a plain "
                               "instance of the architecture it was converted from>") from None
 
