@@ -92,7 +92,7 @@ class VisualMixer(Scheme):
         **What the default buys, measured** (AT&T faces 112×92, 40 people,
         chance 2.5 %, plain photos 93.0 %; Fashion-MNIST small-CNN recipe):
         one window over the whole image is re-identified 9.5 % top-1 at a glance
-        and 16.0 % by the worst attacker (a U-Net inversion), but it drops
+        and 14.0 % by the worst attacker (``keyveil security-report``), but it drops
         Fashion-MNIST accuracy by 53.68 points (34.92 % against 88.60 %).
         Every smaller window keeps more accuracy and more identity: 1/2 of
         the side 13.5 % glance / 52.5 % adapted for a 23.91-point drop, 1/8
