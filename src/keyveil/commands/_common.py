@@ -20,7 +20,7 @@ from ..data.encrypted import TEST_NONCE_OFFSET
 from ..keys import Key
 from ..schemes import Scheme, create, list_schemes, scheme_class
 
-__all__ = ["parse_options", "DeprecatedAlias", "add_color_option", "add_keyed_option", "add_data_args", "add_scheme_args",
+__all__ = ["parse_options", "DeprecatedAlias", "warn_deprecated", "add_color_option", "add_keyed_option", "add_data_args", "add_scheme_args",
            "build_scheme", "dataset_options", "encrypt_split", "scheme_meta"]
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -51,9 +51,14 @@ class DeprecatedAlias(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
-        warnings.warn(f"{option_string} is deprecated and will be removed in the next release: use {self.new}",
-                      FutureWarning, stacklevel=2)
+        warn_deprecated(str(option_string), self.new)
         setattr(namespace, self.dest, values)
+
+
+def warn_deprecated(old: str, new: str) -> None:
+    """The one deprecation message of the command line (a FutureWarning, one line on the terminal)."""
+    warnings.warn(f"{old} is deprecated and will be removed in the next release: use {new}", FutureWarning,
+                  stacklevel=3)
 
 
 def add_color_option(p: argparse.ArgumentParser | Any, *, default: str | None = "auto", what: str = "") -> None:

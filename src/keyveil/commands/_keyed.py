@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +20,14 @@ from torch import nn
 
 from ..errors import KeyveilError
 from ..keys import Key
+from ._common import warn_deprecated
 
-__all__ = ["KeyedCommandError", "deprecated_alias", "refuse_existing", "load_key", "model_spec", "load_keyed_model",
+__all__ = ["KeyedCommandError", "refuse_existing", "load_key", "model_spec", "load_keyed_model",
            "keyed_checkpoint_payload"]
 
 
 class KeyedCommandError(KeyveilError):
     """A checkpoint cannot be turned into (or run as) a keyed model as asked."""
-
-
-def deprecated_alias(old: str, new: str) -> None:
-    """Warn that option ``old`` is deprecated in favour of ``new``."""
-    warnings.warn(f"{old} is deprecated and will be removed; use {new}", FutureWarning, stacklevel=3)
 
 
 def refuse_existing(path: str | os.PathLike[str], overwrite: bool) -> None:
@@ -92,5 +87,5 @@ def describe_key_material(args: argparse.Namespace) -> bool:
     if getattr(args, "without_key_material", False):
         if args.with_key_material:
             raise KeyedCommandError("--with-key-material and --without-key-material contradict each other")
-        deprecated_alias("--without-key-material", "nothing (no key material is the default)")
+        warn_deprecated("--without-key-material", "nothing (no key material is the default)")
     return bool(args.with_key_material)

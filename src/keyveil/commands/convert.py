@@ -26,8 +26,8 @@ import dataclasses
 import time
 from typing import Any
 
-from ._common import add_keyed_option
-from ._keyed import KeyedCommandError, deprecated_alias, describe_key_material, model_spec, refuse_existing
+from ._common import DeprecatedAlias, add_keyed_option
+from ._keyed import KeyedCommandError, describe_key_material, model_spec, refuse_existing
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", metavar="ARCH",
                    help="the architecture: read from a `keyveil train` checkpoint; for a state_dict file a "
                    "torchvision name (resnet50, vgg16_bn, vit_b_16, ...) or smallcnn / vit_mini")
-    p.add_argument("--arch", dest="deprecated_arch", metavar="ARCH", help="deprecated: use --model")
+    p.add_argument("--arch", dest="model", action=DeprecatedAlias, new="--model", help=argparse.SUPPRESS)
     p.add_argument("--key", required=True, help="key file (from `keyveil keygen`)")
     p.add_argument("--scheme", default="pixel", help="pixel (CNNs) or vit (torchvision ViT); default pixel")
     add_keyed_option(p, what="keyed CNN mode: input, features (default) or deformable; ignored for ViTs")
@@ -176,11 +176,6 @@ def run(args: argparse.Namespace) -> int:
     from ..models import keyed, save_keyed
     from ..models.checkpoint import CHECKPOINT_FORMAT as KEYED_FORMAT
 
-    if args.deprecated_arch:
-        deprecated_alias("--arch", "--model")
-        if args.model and args.model != args.deprecated_arch:
-            raise KeyedCommandError(f"--arch {args.deprecated_arch} and --model {args.model} disagree: give --model only")
-        args.model = args.model or args.deprecated_arch
     with_material = describe_key_material(args)
     refuse_existing(args.output, args.overwrite)
     key = Key.load(args.key)
