@@ -55,6 +55,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib.metadata
+import types
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
@@ -212,9 +213,25 @@ class Registry(Generic[T]):
                 obj = ep.load()
                 if ep.name in self._entries:  # its import registered it
                     continue
+                if isinstance(obj, types.ModuleType):  # a module whose import registered what it holds
+                    continue
                 entry = obj if self._adopt is None else self._adopt(ep.name, obj)
                 if entry is not None:
                     self.add(ep.name, entry)
             except Exception as exc:  # noqa: BLE001 - a broken plug-in is skipped, not fatal
                 warnings.warn(f"skipped the {self.kind} plug-in {ep.name!r} ({ep.value}) of entry-point group "
                               f"{self.group!r}: {type(exc).__name__}: {exc}", PluginWarning, stacklevel=3)
+
+
+def adopt_subclass(base: type, group: str, *, same_name: bool = False) -> Callable[[str, Any], Any]:
+    """An ``adopt`` for registries of classes: the entry point must name a subclass of ``base``
+    (whose ``name`` equals the entry point's with ``same_name``)."""
+
+    def adopt(name: str, obj: Any) -> Any:
+        if not (isinstance(obj, type) and issubclass(obj, base)):
+            raise TypeError(f"a {group} entry point must name a {base.__name__} subclass, got {obj!r}")
+        if same_name and getattr(obj, "name", name) != name:
+            raise TypeError(f"entry point {name!r} names {obj.__name__}, whose name is {obj.name!r}: make them equal")
+        return obj
+
+    return adopt

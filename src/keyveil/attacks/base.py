@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import KeyveilError
-from ..registry import Registry
+from ..registry import Registry, adopt_subclass
 from ..schemes.functional import invert_permutation, join_nibbles, split_nibbles
 
 __all__ = [
@@ -228,17 +228,8 @@ class Attack:
         return f"{type(self).__name__}({args})"
 
 
-def _adopt(name: str, obj: Any) -> type[Attack] | None:
-    """A plug-in's entry point: an :class:`Attack` subclass, or a module that registered its own."""
-    if isinstance(obj, type) and issubclass(obj, Attack):
-        return obj
-    if type(obj).__name__ == "module":
-        return None
-    raise TypeError(f"a keyveil.attacks entry point must name an Attack subclass, got {obj!r}")
-
-
 ATTACKS: Registry[type[Attack]] = Registry("attack", group="keyveil.attacks", error=UnknownAttackError,
-                                           adopt=_adopt)
+                                           adopt=adopt_subclass(Attack, "keyveil.attacks"))
 """The attack registry (entry-point group ``keyveil.attacks``); see :mod:`keyveil.registry`."""
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import KeyveilError
-from ..registry import Registry
+from ..registry import Registry, adopt_subclass
 from .base import ImageDataset
 
 __all__ = ["DatasetSource", "Availability", "DatasetUnavailableError", "UnknownDatasetError",
@@ -75,19 +75,8 @@ class DatasetSource:
         raise NotImplementedError
 
 
-def _adopt(name: str, obj: Any) -> type[DatasetSource] | None:
-    """A plug-in's entry point: a :class:`DatasetSource` subclass, or a module that registered its own."""
-    if isinstance(obj, type) and issubclass(obj, DatasetSource):
-        if obj.name != name:
-            raise TypeError(f"entry point {name!r} names {obj.__name__}, whose name is {obj.name!r}: make them equal")
-        return obj
-    if type(obj).__name__ == "module":
-        return None
-    raise TypeError(f"a keyveil.datasets entry point must name a DatasetSource subclass, got {obj!r}")
-
-
 DATASETS: Registry[type[DatasetSource]] = Registry("dataset", group="keyveil.datasets", error=UnknownDatasetError,
-                                                   adopt=_adopt)
+                                                   adopt=adopt_subclass(DatasetSource, "keyveil.datasets", same_name=True))
 """The dataset registry (entry-point group ``keyveil.datasets``); see :mod:`keyveil.registry`."""
 
 

@@ -27,10 +27,8 @@ class UnknownModelError(KeyveilError, KeyError):
         return str(self.args[0])
 
 
-def _adopt(name: str, obj: Any) -> Callable[..., nn.Module] | None:
+def _adopt(name: str, obj: Any) -> Callable[..., nn.Module]:
     """A plug-in's entry point: a builder ``f(*, in_channels, num_classes, image_size, small_input, **kw)``."""
-    if type(obj).__name__ == "module":
-        return None
     if not callable(obj):
         raise TypeError(f"a keyveil.models entry point must name a model builder function, got {obj!r}")
     return obj

@@ -32,15 +32,13 @@ class SchemeEntry:
         return scheme
 
 
-def _adopt(name: str, obj: Any) -> SchemeEntry | None:
+def _adopt(name: str, obj: Any) -> SchemeEntry:
     """A plug-in's entry point: a :class:`Scheme` subclass (registered as the entry point's name) or a
-    :class:`SchemeEntry`; a module whose import registered its schemes needs nothing."""
+    :class:`SchemeEntry` (a module whose import registered its schemes is handled by the registry)."""
     if isinstance(obj, SchemeEntry):
         return SchemeEntry(name, obj.cls, obj.defaults, obj.description, obj.listed)
     if isinstance(obj, type) and issubclass(obj, Scheme):
         return SchemeEntry(name, obj, {}, obj.description)
-    if type(obj).__name__ == "module":
-        return None
     raise TypeError(f"a keyveil.schemes entry point must name a Scheme subclass, got {obj!r}")
 
 
