@@ -127,8 +127,7 @@ def _known_plaintext(scheme: Scheme, gallery: torch.Tensor, probes: torch.Tensor
         except AttackError:
             misfits.append(label)
             continue
-        rec = r.recovered if getattr(r, "recovered", None) is not None else r.details["recovered"]
-        exact = (rec.decrypt(held) == probes).flatten(1).double().mean(1)
+        exact = (r.decrypt(held) == probes).flatten(1).double().mean(1)
         results.append((Score.of(exact.tolist()), label))
     tried = ", ".join(label for label, a in tries if a is not None)
     if not results:

@@ -258,12 +258,12 @@ def _describe_job(info: dict[str, Any]) -> str:
     return f"{info.get('direction')} with scheme {info.get('scheme')!r}{opts}, key {info.get('key_fingerprint')}"
 
 
-def _check_destination(scheme: Scheme, job_info: dict[str, Any], dst_folder: Path, *, covers_folder: bool,
-                       overwrite: bool) -> bool:
-    """Refuse to mix jobs in one folder; returns whether this job replaces another job's outputs."""
+def _check_destination(job_info: dict[str, Any], dst_folder: Path, *, covers_folder: bool,
+                       overwrite: bool) -> tuple[bool, bool]:
+    """Refuse to mix jobs in one folder; returns (a manifest of this job is there, this job replaces another's)."""
     found = _find_manifest(dst_folder)
     if found is None or found[1] == job_info:
-        return False
+        return found is not None, False
     folder, old = found
     if not overwrite:
         raise FolderJobError(
@@ -277,7 +277,7 @@ def _check_destination(scheme: Scheme, job_info: dict[str, Any], dst_folder: Pat
             f"when the whole folder is redone (keyveil {job_info['direction']} SRC_FOLDER {folder}); use a new "
             "destination for this file"
         )
-    return True
+    return False, True
 
 
 def _remove_other_jobs(scheme: Scheme, paths: list[Path], report: JobReport) -> None:
@@ -368,8 +368,7 @@ def process_tree(
     job_info = _job_info(scheme, decrypt)
     covers = src_p.is_dir()
     dst_folder = dst_p if covers else jobs[0][1].parent
-    replacing = _check_destination(scheme, job_info, dst_folder, covers_folder=covers, overwrite=overwrite)
-    resume = _find_manifest(dst_folder) is not None and not replacing
+    resume, replacing = _check_destination(job_info, dst_folder, covers_folder=covers, overwrite=overwrite)
     outputs = {out for _, out, _ in jobs}
     if covers:
         dst_p.mkdir(parents=True, exist_ok=True)

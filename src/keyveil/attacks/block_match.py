@@ -140,7 +140,11 @@ class BlockKnownPlaintext(Attack):
         """Write the block matches as a value-level permutation with flips."""
         m = self.block_size
         ids = _blocks(torch.arange(c * h * w).view(c, h, w), m)  # (N, C, m, m) value indices per block
-        out_blocks = torch.stack([_apply(ids[i], k, o) for i, (k, o, _) in zip(src_block, chosen)])
+        src = torch.tensor(src_block)
+        out_blocks = torch.empty_like(ids)
+        for t in set(chosen):  # one batched transform per distinct (rotation, channel order, flip)
+            rows = torch.tensor([j for j, ch in enumerate(chosen) if ch == t])
+            out_blocks[rows] = _apply(ids[src[rows]], t[0], t[1])
         flips = torch.tensor([f for _, _, f in chosen]).view(-1, 1, 1, 1).expand_as(out_blocks)
         nh, nw = h // m, w // m
 

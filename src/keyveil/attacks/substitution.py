@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Attack, AttackError, AttackResult, Cost, measure, register_attack
+from .base import Attack, AttackError, Cost, KeyRecoveryResult, measure, register_attack
 
 __all__ = ["SubstitutionKnownPlaintext", "RecoveredSubstitution"]
 
@@ -51,21 +51,21 @@ class SubstitutionKnownPlaintext(Attack):
         >>> r.metrics["fraction_explained"]
         1.0
         >>> other = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
-        >>> bool(torch.equal(r.details["recovered"].decrypt(other ^ pad), other))
+        >>> bool(torch.equal(r.decrypt(other ^ pad), other))
         True
     """
 
     name = "known-plaintext-substitution"
     description = "read a reused XOR pad or additive key stream off known (plain, encrypted) pairs"
 
-    def run(self, *, plain: torch.Tensor, encrypted: torch.Tensor) -> AttackResult:
+    def run(self, *, plain: torch.Tensor, encrypted: torch.Tensor) -> KeyRecoveryResult:
         """Find, per value, a pad or shift consistent with every pair.
 
         Returns:
-            An :class:`AttackResult` with ``fraction_explained`` (values that follow one
+            A :class:`KeyRecoveryResult` with ``fraction_explained`` (values that follow one
             family across all pairs), ``fraction_xor`` / ``fraction_add``, the pairs
-            decrypted as ``reconstructions`` and ``details["recovered"]``
-            (a :class:`RecoveredSubstitution`).
+            decrypted as ``reconstructions``; ``recovered`` is a :class:`RecoveredSubstitution`
+            and ``decrypt`` undoes any image of the key.
         """
         plain, encrypted = torch.as_tensor(plain).cpu(), torch.as_tensor(encrypted).cpu()
         if plain.dim() == 3:
@@ -82,7 +82,7 @@ class SubstitutionKnownPlaintext(Attack):
             is_add = (add == add[:1]).all(0) & ~is_xor & (n >= 2)
             rec = RecoveredSubstitution(tuple(plain.shape[1:]), xor[0], add[0], is_xor, is_add)
             recon = rec.decrypt(encrypted)
-        result = AttackResult(self.name, reconstructions=recon, cost=cost, details={"recovered": rec})
+        result = KeyRecoveryResult(self.name, reconstructions=recon, cost=cost, recovered=rec)  # type: ignore[arg-type]
         result.metrics.update(pairs=float(n), fraction_xor=float(is_xor.double().mean()),
                               fraction_add=float(is_add.double().mean()),
                               fraction_explained=float((is_xor | is_add).double().mean()))
