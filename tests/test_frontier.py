@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from keyveil.attacks import Reidentify, face_split
 from keyveil.experiments import POINTS, pareto_front, run_frontier
 
@@ -69,3 +71,57 @@ def test_frontier_noise_and_instahide_points(tmp_path, one_thread):
     # trained on mixed batches with mixed labels: 13-17 % here even after 80 steps, too close to chance to assert
     assert 0 < insta["accuracy"] <= 1
     assert "re-id instahide-attack" in (tmp_path / "frontier.md").read_text()
+
+
+def _run(seed: int, glance: float, drop: float) -> dict:
+    return {"recipe": {"seed": seed, "faces": [200, 200, 112, 92]}, "chance": 0.025, "rows": [
+        {"scheme": "plain", "label": "no encryption", "accuracy": 0.9, "keyed_accuracy": None, "drop_points": 0.0,
+         "reid": {"glance": 0.93}},
+        {"scheme": "etc", "label": "blocks", "accuracy": 0.9 - drop / 100, "keyed_accuracy": None,
+         "drop_points": drop, "reid": {"glance": glance, "adapted": 0.9, "key-recovery": 0.91}},
+        {"scheme": "patch", "label": "p", "accuracy": 0.7, "keyed_accuracy": None, "drop_points": 20.0,
+         "reid": {"glance": 0.03, "adapted": 0.1}}]}
+
+
+def test_frontier_seeds_pool_successes_and_read_the_target_off_the_interval(tmp_path):
+    from scipy.stats import binomtest
+
+    from keyveil.experiments.frontier_summary import summarize_frontier
+
+    s = summarize_frontier([_run(0, 0.02, 1.0), _run(1, 0.015, 2.0), _run(2, 0.025, 3.0)])
+    etc = s["points"][1]
+    glance = etc["reid"]["glance"]
+    assert (glance.successes, glance.trials) == (4 + 3 + 5, 600)  # pooled counts, not an average of rates
+    ci = binomtest(12, 600).proportion_ci(method="wilson")
+    assert (glance.low, glance.high) == pytest.approx((ci.low, ci.high))
+    assert etc["drop_mean"] == pytest.approx(2.0) and etc["drop"] == [1.0, 2.0, 3.0]
+    # etc is keyed: without an oracle only the glance applies (2.0 %, upper bound 3.5 %); with one, 90 %
+    assert etc["target"] == {"no oracle": "met", "oracle": "not met"}
+    # one seed of 200 probes at 4.5 % cannot show <= 5 %: its upper bound is 8.3 %
+    one = summarize_frontier([_run(0, 0.045, 1.0)])["points"][1]
+    assert one["target"]["no oracle"] == "met at the estimate only"
+    # a keyless scheme is public: every attacker applies even without an oracle (adapted 10 % > 5 %)
+    assert s["points"][2]["target"]["no oracle"] == "not met"
+    # too costly: 3.0 points on average fails whatever the privacy
+    costly = summarize_frontier([_run(k, 0.0, 3.0) for k in range(3)])["points"][1]
+    assert costly["target"]["no oracle"] == "not met"
+
+
+def test_frontier_gather_writes_the_seed_summary(tmp_path, capsys):
+    import json
+
+    from keyveil.cli import main
+
+    for k in range(3):
+        d = tmp_path / f"seed-{k}"
+        d.mkdir()
+        (d / "frontier.json").write_text(json.dumps(_run(k, 0.02, 1.0)))
+    out = tmp_path / "out"
+    assert main(["experiment", "frontier", "--gather", *[str(tmp_path / f"seed-{k}") for k in range(3)],
+                 "-o", str(out)]) == 0
+    md = (out / "frontier-seeds.md").read_text()
+    assert "2.0 % [1.1, 3.5] (n=600)" in md and "| met | not met |" in md
+    data = json.loads((out / "frontier-seeds.json").read_text())
+    assert data["seeds"] == [0, 1, 2] and data["points"][1]["reid"]["glance"]["trials"] == 600
+    assert main(["experiment", "frontier", "--gather", str(tmp_path / "missing"), "-o", str(out)]) == 2
+    assert "no frontier.json at" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..data import list_datasets
 from . import OneLineHelpFormatter
@@ -61,6 +62,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--resume", action="store_true",
                    help="reuse the points of an earlier frontier.json in --output measured with the same recipe")
     f.add_argument("--quiet", action="store_true")
+    f.add_argument("--gather", nargs="+", metavar="FOLDER",
+                   help="measure nothing: join the frontier.json of these folders (one run per --seed) into "
+                   "frontier-seeds.md/.json in --output: drops over the seeds, pooled re-identification rates "
+                   "with 95 %% intervals, and the target per threat")
     f.set_defaults(func=run_frontier_cmd)
     d = inner.add_parser("distill", help="knowledge distillation: teacher/student on plain vs encrypted images")
     d.add_argument("--dataset", default="fashion-mnist", choices=list_datasets())
@@ -226,6 +231,13 @@ def _schemes_by_model_cmd(args: argparse.Namespace, epochs: dict[str, int] | int
 
 def run_frontier_cmd(args: argparse.Namespace) -> int:
     from ..experiments import POINTS, run_frontier
+
+    if args.gather:
+        from ..experiments.frontier_summary import main_summary
+
+        print(main_summary(args.gather, out=args.output))
+        print(f"wrote {Path(args.output) / 'frontier-seeds.md'} and frontier-seeds.json")
+        return 0
 
     known = sorted({p.scheme for p in POINTS})
     unknown = [s for s in args.schemes or [] if s not in known]
