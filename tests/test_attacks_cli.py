@@ -50,6 +50,18 @@ def test_security_report_quick_section(tmp_path):
     assert len(list((tmp_path / "pics").glob("security-*.png"))) >= 8
 
 
+def test_security_report_runs_sections_in_parallel_processes_with_the_same_rows(tmp_path):
+    from keyveil.attacks.report import security_report
+
+    sections = ("chosen-plaintext", "known-plaintext")
+    one, rows1 = security_report(sections=sections, quick=True, pictures=None)
+    two, rows2 = security_report(sections=sections, quick=True, pictures=None, jobs=2)
+    strip = lambda rows: [(r.section, r.scheme, r.dataset, r.figure, r.data, r.verdict) for r in rows]  # noqa: E731
+    assert strip(rows2) == strip(rows1) and [r.section for r in rows2] == sorted(
+        (r.section for r in rows2), key=sections.index)  # section order kept whatever finished first
+    assert "2 processes: each section in its own" in two and "processes" not in one.split("## Threat")[0]
+
+
 def test_security_report_reuses_the_rows_a_previous_report_has(tmp_path, monkeypatch, capsys):
     import dataclasses
 

@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "measured (new schemes or attacks); the report says how many rows were reused")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: the small training batches run faster on one thread)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="run sections in this many processes at once, one per CPU core (default 1)")
     p.set_defaults(func=run)
 
 
@@ -48,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, args.threads))
     try:
         md, _ = security_report(sections=sections, pictures=pictures, quick=args.quick, seed=args.seed,
-                                log=lambda line: print(line, flush=True), reuse=reuse)
+                                log=lambda line: print(line, flush=True), reuse=reuse,
+                                jobs=max(1, args.jobs))
     finally:
         torch.set_num_threads(before)
     if args.output:
