@@ -101,6 +101,11 @@ class ChosenPlaintext(Attack):
             are base 16 over the 2·C·H·W nibbles.
         flips: ``None`` detects flips when needed, ``True`` always spends the
             black image, ``False`` never does.
+        cell: for a chain whose per-image steps stay inside ``cell``×``cell``
+            cells before a keyed ``pixel`` shuffle (``visualmixer-seed+pixel``,
+            ``mix+pixel``): images constant on every cell spell the cells'
+            indices, which pass the per-image step unchanged; the keyed step is
+            recovered up to the order inside each cell (:mod:`.cells`).
 
     Examples:
         >>> import torch
@@ -117,12 +122,16 @@ class ChosenPlaintext(Attack):
     name = "chosen-plaintext"
     description = "crafted images spelling each position in base 256 (Jolfaei et al. 2016)"
 
-    def __init__(self, *, spatial: bool = False, nibbles: bool = False, flips: bool | None = None) -> None:
+    def __init__(self, *, spatial: bool = False, nibbles: bool = False, flips: bool | None = None,
+                 cell: int = 1) -> None:
         if spatial and nibbles:
             raise AttackError("spatial=True and nibbles=True exclude each other: choose one unit")
-        self.spatial = bool(spatial)
+        if cell < 1 or (cell > 1 and nibbles):
+            raise AttackError(f"cell must be >= 1 and works on positions, not nibbles; got cell={cell}")
+        self.spatial = bool(spatial) or cell > 1
         self.nibbles = bool(nibbles)
         self.flips = flips
+        self.cell = int(cell)
 
     def run(
         self,
@@ -146,6 +155,8 @@ class ChosenPlaintext(Attack):
         """
         h, w = (int(v) for v in image_size)
         chw = (int(channels), h, w)
+        if self.cell > 1:
+            return self._run_cells(oracle, chw, reference)
         cost = Cost()
         with measure(cost):
             images = crafted_images(chw, spatial=self.spatial, nibbles=self.nibbles)
@@ -175,6 +186,22 @@ class ChosenPlaintext(Attack):
         result.metrics["queries"] = float(cost.queries)
         if reference is not None:
             result.metrics.update(score_permutation(recovered, true_permutation(reference, chw)))
+        return result
+
+    def _run_cells(self, oracle: Oracle, chw: tuple[int, int, int], reference: Scheme | None) -> KeyRecoveryResult:
+        from .cells import cell_images, cells_to_permutation, score_cells
+
+        cost = Cost()
+        with measure(cost):
+            images = cell_images(chw, self.cell)
+            units = _split_units(self._query(oracle, images, cost), True, False)
+            src = self._decode(units, 256)
+            recovered = cells_to_permutation(src, chw, self.cell)
+        result = KeyRecoveryResult(self.name, cost=cost, recovered=recovered,
+                                   details={"crafted_images": int(images.shape[0]), "cell": self.cell})
+        result.metrics.update(queries=float(cost.queries), cell=float(self.cell))
+        if reference is not None:
+            result.metrics.update(score_cells(recovered, reference, self.cell))
         return result
 
     def _query(self, oracle: Oracle, images: torch.Tensor, cost: Cost) -> torch.Tensor:
@@ -217,6 +244,11 @@ class KnownPlaintext(Attack):
             (``pixel``); otherwise a permutation of all C·H·W values.
         flips: also match complemented units (``white − v``).
         nibbles: work on 4-bit halves (LE/ELE; ``white`` = 15; uint8 images only).
+        cell: a chain with per-image steps inside ``cell``×``cell`` cells before a
+            keyed ``pixel`` shuffle: each encrypted position goes to the cell whose
+            values fit it in the most pairs (:func:`.cells.match_cells`).
+        exact: with ``cell``: the per-image step only moves values (VisualMixer);
+            ``False`` when it averages them (``mix``): a value fits a cell whose range holds it.
 
     Examples:
         >>> import torch
@@ -236,10 +268,14 @@ class KnownPlaintext(Attack):
     name = "known-plaintext"
     description = "match value vectors (or their complements) across n known (plain, encrypted) pairs (Li et al. 2008)"
 
-    def __init__(self, *, spatial: bool = True, flips: bool = False, nibbles: bool = False) -> None:
+    def __init__(self, *, spatial: bool = True, flips: bool = False, nibbles: bool = False, cell: int = 1,
+                 exact: bool = True) -> None:
         if nibbles and spatial:
             raise AttackError("nibbles=True works on values, not positions: pass spatial=False")
-        self.spatial, self.flips, self.nibbles = bool(spatial), bool(flips), bool(nibbles)
+        if cell < 1 or (cell > 1 and (nibbles or flips or not spatial)):
+            raise AttackError(f"cell={cell}: cells work on positions (spatial=True) without flips or nibbles")
+        self.spatial, self.flips, self.nibbles, self.cell = bool(spatial), bool(flips), bool(nibbles), int(cell)
+        self.exact = bool(exact)
 
     def run(
         self,
@@ -271,6 +307,8 @@ class KnownPlaintext(Attack):
             raise AttackError("nibbles=True needs uint8 images (4-bit halves of 8-bit values)")
         n, c, h, w = plain.shape
         cost = Cost(pairs=n)
+        if self.cell > 1:
+            return self._run_cells(plain, encrypted, cost, reference)
         with measure(cost):
             recovered = RecoveredPermutation((c, h, w), torch.arange(1), spatial=self.spatial, nibbles=self.nibbles)
             pu, white = recovered._units(plain.cpu())
@@ -288,3 +326,38 @@ class KnownPlaintext(Attack):
         if reference is not None:
             result.metrics.update(score_permutation(recovered, true_permutation(reference, (c, h, w))))
         return result
+
+    def _run_cells(self, plain: torch.Tensor, encrypted: torch.Tensor, cost: Cost,
+                   reference: Scheme | None) -> KeyRecoveryResult:
+        from .cells import cells_to_permutation, match_cells, score_cells
+
+        if plain.dtype != torch.uint8:
+            raise AttackError("cell matching needs uint8 images")
+        n, c, h, w = plain.shape
+        with measure(cost):
+            src, determined = match_cells(plain.cpu(), encrypted.cpu(), self.cell, exact=self.exact)
+            try:
+                recovered = cells_to_permutation(src, (c, h, w), self.cell)
+            except AttackError:  # too few pairs to tell some cells apart: fill cells greedily, still a guess
+                recovered = cells_to_permutation(_balanced(src, h * w // (self.cell * self.cell), self.cell),
+                                                 (c, h, w), self.cell)
+            recon = recovered.decrypt(encrypted.cpu())
+        result = KeyRecoveryResult(self.name, reconstructions=recon, cost=cost, recovered=recovered,
+                                   details={"cell": self.cell})
+        result.metrics.update(pairs=float(n), cell=float(self.cell),
+                              fraction_determined=float(determined.double().mean()))
+        if reference is not None:
+            result.metrics.update(score_cells(recovered, reference, self.cell))
+        return result
+
+
+def _balanced(source_cell: torch.Tensor, cells: int, cell: int) -> torch.Tensor:
+    """Move surplus positions of over-full cells into cells with room, so every cell gets ``cell²``."""
+    out = source_cell.clone()
+    cap = cell * cell
+    counts = torch.bincount(out, minlength=cells)
+    room = [c for c in range(cells) for _ in range(max(0, cap - int(counts[c])))]
+    for c in torch.nonzero(counts > cap).flatten().tolist():
+        for u in torch.nonzero(out == c).flatten()[cap:].tolist():
+            out[u] = room.pop()
+    return out

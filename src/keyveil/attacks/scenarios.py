@@ -15,6 +15,7 @@ from ..keys import Key
 from ..schemes import Scheme, create
 from . import _data
 from .base import AttackError, AttackResult
+from .cells import cell_size, moves_values_only
 from .ciphertext_only import CiphertextOnly
 from .inversion import LearnedInversion
 from .jigsaw import JigsawSolver
@@ -90,8 +91,12 @@ def run_scenario(
     if attack == "instahide":
         return _instahide(scheme, dataset, test_n, seed, opts)
     test_x, test_y = _data.load(dataset, "test", test_n)
+    cell = cell_size(scheme)  # a per-image step inside cells, then a keyed pixel shuffle: attack the cells
     if attack == "chosen-plaintext":
-        opts.setdefault("nibbles", bool(getattr(scheme, "nibbles", False)))
+        if cell is not None:
+            opts.setdefault("cell", cell)
+        else:
+            opts.setdefault("nibbles", bool(getattr(scheme, "nibbles", False)))
         c, h, w = test_x.shape[1:]
         r = ChosenPlaintext(**opts).run(oracle=scheme.encrypt, image_size=(h, w), channels=c, reference=scheme)
         enc = scheme.encrypt(test_x)
@@ -99,8 +104,11 @@ def run_scenario(
     if attack == "known-plaintext":
         n = 1 if n is None else n
         spatial = type(scheme).name == "pixel" and not getattr(scheme, "per_channel", False)
+        if cell is not None:
+            opts.update(cell=opts.get("cell", cell), exact=opts.get("exact", moves_values_only(scheme)))
+            spatial = True
         opts.setdefault("spatial", spatial)
-        opts.setdefault("flips", not (spatial and not getattr(scheme, "negapos", False)))  # pixel-np, block presets
+        opts.setdefault("flips", cell is None and not (spatial and not getattr(scheme, "negapos", False)))
         opts.setdefault("nibbles", not spatial and bool(getattr(scheme, "nibbles", False)))
         plain, _ = _data.load(dataset, "train", n)
         if len(plain) < n:

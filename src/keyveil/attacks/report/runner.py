@@ -102,8 +102,15 @@ class Runner:
         return sc
 
 
+def _key_figure(m: dict[str, float]) -> str:
+    if "fraction_cells_recovered" in m:  # a chain: the keyed step, up to the order inside each cell
+        return (f"{_pct(m['fraction_cells_recovered'])} of positions back in their {m['cell']:.0f}×{m['cell']:.0f} "
+                "cell (keyed step undone up to the per-image shuffle)")
+    return f"{_pct(m.get('fraction_recovered_with_flips', m['fraction_recovered']))} of the key"
+
+
 def _chosen(r: Runner) -> None:
-    fig = lambda m: f"{_pct(m.get('fraction_recovered_with_flips', m['fraction_recovered']))} of the key"  # noqa: E731
+    fig = _key_figure
     r.run("chosen-plaintext", "pixel", "cifar10-sample", fig, "{queries} crafted images (3×32×32)", test_n=6)
     r.run("chosen-plaintext", "pixel", "photos", fig, "{queries} crafted images (3×224×224)", test_n=6)
     r.run("chosen-plaintext", "pixel", "photos", fig, "{queries} crafted images (spatial mode)", test_n=6,
@@ -114,16 +121,26 @@ def _chosen(r: Runner) -> None:
           scheme=create("pixel", r.key, per_channel=True), label="pixel per_channel")
     for name in ("pixel-np", "etc", "vit", "le", "ele"):
         r.run("chosen-plaintext", name, "photos", fig, "{queries} crafted images (3×224×224)", test_n=6)
+    for name in ("visualmixer-seed+pixel", "mix+pixel"):  # images constant on each cell pass the per-image step
+        r.run("chosen-plaintext", name, "photos", fig, "{queries} crafted images (3×224×224), constant on cells",
+              test_n=6)
 
 
 def _known(r: Runner) -> None:
-    fig = lambda m: f"{_pct(m['fraction_recovered'])} recovered ({_pct(m['fraction_determined'])} unique)"  # noqa: E731
+    def fig(m: dict[str, float]) -> str:
+        if "fraction_cells_recovered" in m:
+            return f"{_key_figure(m)} ({_pct(m['fraction_determined'])} unique)"
+        return f"{_pct(m['fraction_recovered'])} recovered ({_pct(m['fraction_determined'])} unique)"
+
     for dataset in ("fashion-mnist", "photos"):
         for n in (1, 2, 4, 8):
             r.run("known-plaintext", "pixel", dataset, fig, "{pairs} known pairs", n=n, test_n=6)
     for name in ("pixel-np", "etc", "vit", "block", "le", "ele"):  # values (nibbles for LE/ELE) with flips
         for n in (1, 2, 4, 8):
             r.run("known-plaintext", name, "fashion-mnist", fig, "{pairs} known pairs", n=n, test_n=6)
+    for name in ("visualmixer-seed+pixel", "mix+pixel"):  # chains: each position's cell from the pairs
+        for n in (2, 4, 8):
+            r.run("known-plaintext", name, "photos", fig, "{pairs} known pairs (3×224×224)", n=n, test_n=6)
 
 
 def _cot(r: Runner) -> None:

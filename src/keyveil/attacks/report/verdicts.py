@@ -28,6 +28,10 @@ def severity(verdict: str) -> int:
 def verdict(section: str, m: dict[str, float]) -> str:
     """The verdict of one measured row of ``section`` from its metrics ``m`` ("" for an unknown section)."""
     if section in ("chosen-plaintext", "known-plaintext"):
+        if "fraction_cells_recovered" in m:  # a chain: the keyed step, up to the per-image step's cells
+            f = m["fraction_cells_recovered"]
+            return "**broken**: keyed step undone" if f == 1.0 else (
+                "**broken**: most of the keyed step" if f >= 0.9 else ("partly" if f >= 0.3 else "holds"))
         f = m.get("fraction_recovered_with_flips", m["fraction_recovered"])
         return "**broken**: key fully recovered" if f == 1.0 else (
             "**broken**: most of the key" if f >= 0.9 else ("partly" if f >= 0.3 else "holds"))
