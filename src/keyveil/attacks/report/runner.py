@@ -119,7 +119,7 @@ def _chosen(r: Runner) -> None:
 
     r.run("chosen-plaintext", "pixel", "photos", fig, "{queries} crafted images", test_n=6,
           scheme=create("pixel", r.key, per_channel=True), label="pixel per_channel")
-    for name in ("pixel-np", "etc", "vit", "le", "ele"):
+    for name in ("pixel-np", "etc", "vit", "le", "ele", "block"):
         r.run("chosen-plaintext", name, "photos", fig, "{queries} crafted images (3×224×224)", test_n=6)
     for name in ("visualmixer-seed+pixel", "mix+pixel"):  # images constant on each cell pass the per-image step
         r.run("chosen-plaintext", name, "photos", fig, "{queries} crafted images (3×224×224), constant on cells",
@@ -215,7 +215,8 @@ def _reidentify(r: Runner) -> None:
     opts = {"variants": ("glance",), "recognizers": ("eigenfaces",)} if r.quick else {}
     data = "{gallery} plain gallery / {probes} encrypted probe photos, {people} people"
     r.run("reidentify", "plain", "att-faces", fig, data, scheme=plain_baseline(), test_n=6, options=opts)
-    names = ["pixel", "pixel-np", "etc", "le", "ele", "vit", "patch", "mix", "visualmixer", "noise", "instahide"]
+    names = ["pixel", "pixel-np", "etc", "le", "ele", "vit", "block", "patch", "mix", "visualmixer", "noise",
+             "instahide"]
     names += [n for n in list_schemes() if "+" in n]  # compositions
     for name in names[:2] if r.quick else names:
         r.run("reidentify", name, "att-faces", fig, data, test_n=6, options=opts)
