@@ -116,6 +116,8 @@ def run_scenario(
         r = KnownPlaintext(**opts).run(plain=plain, encrypted=scheme.encrypt(plain), reference=scheme)
         enc = scheme.encrypt(test_x)
         return Scenario(attack, name, dataset, r, test_x, enc, r.decrypt(enc), {"pairs": n})
+    if attack == "ciphertext-only" and getattr(scheme, "nibbles", False):
+        return _nibbles(scheme, dataset, test_x, n, opts)
     if attack == "ciphertext-only":
         n = 10_000 if n is None else n
         train, _ = _data.load(dataset, "train", n)
@@ -169,6 +171,28 @@ def run_scenario(
     if attack == "key-from-model":
         return _key_from_model(scheme, dataset, test_x, test_y, seed, opts)
     raise AttackError(f"no scenario for attack {attack!r}; choose one of {', '.join(SCENARIOS)}")
+
+
+def _nibbles(scheme: Scheme, dataset: str, test_x: torch.Tensor, n: int | None, opts: dict[str, Any]) -> Scenario:
+    """LE: ``n`` ciphertexts of training images under the key, plus public plain images of the same kind (the
+    next ``public`` training images, default 2,000 or what is left; never the victims') for the template."""
+    from .nibble_layout import NibbleLayout
+
+    if getattr(scheme, "shuffle", None) != "shared" or getattr(scheme, "scramble", False):
+        raise AttackError("the nibble matching attacks LE's one shared in-block shuffle; ELE (a shuffle per block, "
+                          "blocks scrambled) would need a block jigsaw after it")
+    n = 10_000 if n is None else n
+    public_n = int(opts.pop("public", 2000))
+    train, _ = _data.load(dataset, "train", n + public_n)
+    if len(train) <= n:
+        raise AttackError(f"dataset {dataset!r} has {len(train)} training images: ask for fewer ciphertexts so "
+                          "some are left as public images")
+    opts.setdefault("block_size", scheme.block_size)
+    enc = scheme.encrypt(test_x)
+    r = NibbleLayout(**opts).run(ciphertexts=scheme.encrypt(train[:n]), public=train[n:], test_encrypted=enc,
+                                 test_plain=test_x)
+    return Scenario("ciphertext-only", type(scheme).name, dataset, r, test_x, enc, r.reconstructions,
+                    {"ciphertexts": n, "public": len(train) - n})
 
 
 def _key_from_model(scheme: Scheme, dataset: str, test_x: torch.Tensor, test_y: torch.Tensor, seed: int,

@@ -150,6 +150,13 @@ def _cot(r: Runner) -> None:
     opts = {"anneal_seconds": 3.0} if r.quick else {}
     r.run("ciphertext-only", "pixel", "fashion-mnist", fig, "{ciphertexts} ciphertexts, one key", n=n,
           test_n=500, options=opts)
+    nib = lambda m: (f"{_pct(m['units_correct'])} of nibbles exact ({_pct(m['high_correct'])} of high ones), "  # noqa: E731
+                     f"SSIM {m['ssim']:.3f} (encrypted {m['ssim_encrypted']:.3f})")
+    for k in (500, n):
+        r.run("ciphertext-only", "le", "fashion-mnist", nib, "{ciphertexts} ciphertexts, one key; {public} public "
+              "plain images", n=k, test_n=500)
+    r.run("ciphertext-only", "le", "photos", nib, "{ciphertexts} ciphertexts (3×224×224), one key; {public} "
+          "public plain photos", n=5, test_n=3, options={"public": 3})
 
 
 def _jigsaw(r: Runner) -> None:

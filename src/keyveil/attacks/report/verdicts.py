@@ -35,6 +35,10 @@ def verdict(section: str, m: dict[str, float]) -> str:
         f = m.get("fraction_recovered_with_flips", m["fraction_recovered"])
         return "**broken**: key fully recovered" if f == 1.0 else (
             "**broken**: most of the key" if f >= 0.9 else ("partly" if f >= 0.3 else "holds"))
+    if section == "ciphertext-only" and "units_correct" in m:  # LE's nibbles
+        f = m["high_correct"]
+        return "**broken**: the shared shuffle recovered" if m["units_correct"] == 1.0 else (
+            "**broken**: most high nibbles back" if f >= 0.9 else ("partly" if f >= 0.3 else "holds"))
     if section == "ciphertext-only":
         return "**leaks** layout" if m["neighbour_accuracy"] >= 0.3 else "holds"
     if section == "jigsaw":
