@@ -41,6 +41,7 @@ from .inversion import LearnedInversion, UNet
 from .jigsaw import JigsawSolver, block_comparison
 from .membership import MembershipInference, auc, train_classifier
 from .model_key import KeyFromModel, layout_from_taps, offsets_to_taps
+from .nibble_layout import NibbleLayout
 from .permutation import ChosenPlaintext, KnownPlaintext, crafted_images
 from .reidentify import CNNRecognizer, Eigenfaces, Reidentify, View, face_split
 from .substitution import SubstitutionKnownPlaintext
@@ -61,6 +62,7 @@ __all__ = [
     "SubstitutionKnownPlaintext",
     "ChosenPlaintext",
     "CiphertextOnly",
+    "NibbleLayout",
     "JigsawSolver",
     "InstaHideAttack",
     "LearnedInversion",
