@@ -140,7 +140,13 @@ def key_from_model(scheme: Scheme, dataset: str, test_n: int, seed: int, opts: d
         public = _data.load(dataset, "train", public_n)
         settings["public"] = len(public[0])
         net.eval()
-    victim = convert(net)
+    from ..models.errors import KeyedModelError
+
+    try:
+        victim = convert(net)
+    except KeyedModelError as exc:
+        raise AttackError(f"no keyed model follows {name!r} (a keyed CNN follows the pixel scheme, a keyed ViT the "
+                          f"'vit' block preset): {exc}") from None
     gen = {"generator": torch.Generator().manual_seed(seed)} if scheme.per_image else {}
     enc = scheme.encrypt(test_x, **gen)
     truth = target.decrypt(enc) if steps else test_x  # what the keyed model's plain twin sees

@@ -16,10 +16,11 @@ may lack them while its weights still carry the key.
 * :func:`fold_from_weights` recovers them from the weights alone, assuming
   the plain model was *trained*: trained weights are smooth in space, so
   neighbouring pixels' embedding columns and neighbouring patches' position
-  embeddings are more alike than distant ones. Cosine similarities become a
-  layout by annealing (the ciphertext-only attack's objective, summed
-  similarity of grid neighbours); the flips follow from the signs of the
-  similarities along a maximum spanning tree. Smoothness cannot tell the 8
+  embeddings are more alike than distant ones. The flips follow from the
+  signs of the columns' cosine similarities along a maximum spanning tree of
+  their magnitudes (trained columns of nearby pixels point the same way);
+  then similarities become a layout by annealing (the ciphertext-only
+  attack's objective, summed similarity of grid neighbours). Smoothness cannot tell the 8
   symmetries of a square grid apart, nor a global negative from a positive;
   :func:`best_candidate` picks among those candidates by running the model on
   public images encrypted with each (the one whose outputs fit best).
@@ -68,8 +69,8 @@ def fold_to_permutation(fold: VitFold, chw: tuple[int, int, int], p: int) -> Rec
     return RecoveredPermutation(chw, index, flip[j].clone() if bool(flip.any()) else None)
 
 
-def _cosine(rows: torch.Tensor) -> torch.Tensor:
-    v = rows.double() - rows.double().mean(0, keepdim=True)
+def _cosine(rows: torch.Tensor, *, center: bool = True) -> torch.Tensor:
+    v = rows.double() - rows.double().mean(0, keepdim=True) if center else rows.double()
     v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return v @ v.T
 
@@ -126,14 +127,15 @@ def fold_from_weights(conv_weight: torch.Tensor, pos_embedding: torch.Tensor, gr
         raise AttackError(f"method='weights' lays out the in-block pixels of one channel; this ViT embeds {c} "
                           "channels (colour: not implemented)")
     cols = conv_weight.detach().double().reshape(e, p * p).T.cpu()
-    sim_px = _cosine(cols)
+    sim_px = _cosine(cols, center=False)  # a flip negates a column: no common part to remove
     rows = pos_embedding.detach().double()[0, 1:].cpu()
     if rows.shape[0] != grid[0] * grid[1]:
         raise AttackError(f"the position embedding has {rows.shape[0]} patch rows, not {grid[0]}x{grid[1]}")
     sim_blk = _cosine(rows)
-    px = _layout(sim_px.abs(), p, p, seconds=seconds / 3, restarts=4, seed=seed)  # cell -> encrypted element
-    blk = _layout(sim_blk, *grid, seconds=2 * seconds / 3, restarts=4, seed=seed + 100)  # cell -> token
     sign = _signs(sim_px)
+    px = _layout(sim_px * sign[:, None] * sign[None, :], p, p, seconds=seconds / 3, restarts=4,
+                 seed=seed)  # cell -> encrypted element
+    blk = _layout(sim_blk, *grid, seconds=2 * seconds / 3, restarts=4, seed=seed + 100)  # cell -> token
     out: list[VitFold] = []
     for sb in grid_symmetries(*grid):
         for sp in grid_symmetries(p, p):
