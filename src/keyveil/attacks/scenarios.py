@@ -90,6 +90,11 @@ def run_scenario(
         return _reidentify(scheme, dataset, test_n, seed, opts)
     if attack == "instahide":
         return _instahide(scheme, dataset, test_n, seed, opts)
+    if attack == "key-from-model":
+        from .model_key_scenario import key_from_model
+
+        r, dataset, x, enc, rec, settings = key_from_model(scheme, dataset, test_n, seed, opts)
+        return Scenario(attack, getattr(scheme, "registered_name", name), dataset, r, x, enc, rec, settings)
     test_x, test_y = _data.load(dataset, "test", test_n)
     cell = cell_size(scheme)  # a per-image step inside cells, then a keyed pixel shuffle: attack the cells
     if attack == "chosen-plaintext":
@@ -168,8 +173,6 @@ def run_scenario(
             acc = (net(nenc.float() / 255).argmax(1) == ny).double().mean()
         r.metrics["test_accuracy"] = float(acc)
         return Scenario(attack, name, dataset, r, test_x, nenc, None, {"members": n, "epochs": epochs})
-    if attack == "key-from-model":
-        return _key_from_model(scheme, dataset, test_x, test_y, seed, opts)
     raise AttackError(f"no scenario for attack {attack!r}; choose one of {', '.join(SCENARIOS)}")
 
 
@@ -193,55 +196,6 @@ def _nibbles(scheme: Scheme, dataset: str, test_x: torch.Tensor, n: int | None, 
                                  test_plain=test_x)
     return Scenario("ciphertext-only", type(scheme).name, dataset, r, test_x, enc, r.reconstructions,
                     {"ciphertexts": n, "public": len(train) - n})
-
-
-def _key_from_model(scheme: Scheme, dataset: str, test_x: torch.Tensor, test_y: torch.Tensor, seed: int,
-                    opts: dict[str, Any]) -> Scenario:
-    """The victim's keyed small CNN falls into the attacker's hands; the recovered key decrypts its test images.
-
-    The CNN has random weights (the attack uses no trained value). It is handed over as a model or as a
-    checkpoint saved with key material.
-
-    Options besides the attack's: ``mode`` (``input``/``features``/``deformable``, default
-    ``features``) and ``checkpoint`` (attack a file saved with ``include_key_material=True``: its
-    buffers as stored, or, for the probe, the model loaded from it).
-    """
-    import tempfile
-    from pathlib import Path
-
-    from ..engine import build_model
-    from ..models import keyed, load_keyed, save_keyed
-    from .model_key import KeyFromModel
-
-    name = type(scheme).name
-    if name != "pixel" or getattr(scheme, "per_channel", False):
-        raise AttackError(f"key-from-model attacks a keyed CNN, which exists for the pixel scheme "
-                          f"(per_channel=False) only; got {name!r}")
-    mode = str(opts.pop("mode", "features"))
-    from_checkpoint = bool(opts.pop("checkpoint", False))
-    c, h, w = test_x.shape[1:]
-    classes = max(10, int(test_y.max()) + 1) if len(test_y) else 10
-
-    def plain_net() -> torch.nn.Module:
-        torch.manual_seed(seed)
-        return build_model("smallcnn", in_channels=c, num_classes=classes, image_size=(h, w)).eval()
-
-    victim = keyed(plain_net(), scheme.key, scheme=scheme, mode=mode, input_size=(c, h, w))
-    enc = scheme.encrypt(test_x)
-    attack = KeyFromModel(**opts)
-    with tempfile.TemporaryDirectory() as tmp:
-        target: Any = victim
-        if from_checkpoint:
-            target = Path(tmp) / "keyed.pt"
-            save_keyed(victim, target, include_key_material=True)
-            if attack.method == "probe":
-                target = load_keyed(target, plain_net())
-        r = attack.run(model=target, image_size=(c, h, w), reference=scheme, ciphertexts=enc)
-    rec = r.reconstructions
-    r.metrics["decrypted_exactly"] = float((rec == test_x).flatten(1).all(1).double().mean())
-    settings = {"mode": mode, "method": attack.method, "source": "checkpoint" if from_checkpoint else "model",
-                "queries": r.cost.queries, "images": len(test_x)}
-    return Scenario("key-from-model", name, dataset, r, test_x, enc, rec, settings)
 
 
 def _reidentify(scheme: Scheme, dataset: str, shown: int, seed: int, opts: dict[str, Any]) -> Scenario:

@@ -204,6 +204,33 @@ def _model_key(r: Runner) -> None:
     for method, text in (("buffers", "the file's tensors"), ("probe", "the model loaded from it, probed")):
         r.run("key-from-model", "pixel", "fashion-mnist", fig, "checkpoint saved with key material, {mode} mode: "
               + text, test_n=20, options={"mode": "deformable", "method": method, "checkpoint": True})
+    from ...schemes import create
+
+    fm = "fashion-mnist"
+    for method in ("buffers", "probe"):
+        r.run("key-from-model", "pixel-np", fm, fig, "keyed smallcnn, " + data[method], test_n=20,
+              options={"method": method})
+        r.run("key-from-model", "visualmixer-seed+pixel", fm, fig, "keyed smallcnn following the pixel step, "
+              + data[method], test_n=20, options={"method": method})
+        r.run("key-from-model", "mix+pixel", fm, fig, "keyed smallcnn following the pixel step (mix 4-px patches), "
+              + data[method], test_n=20, options={"method": method},
+              scheme=create("compose", r.key, steps=[("mix", {"patch_size": 4, "grid": 2}), "pixel"]))
+        r.run("key-from-model", "pixel", "fashion-canvas", fig, "keyed FCOS detector (random weights), 64×64 "
+              "canvases, " + data[method], test_n=20, label="pixel (keyed detector)",
+              options={"method": method, "model": "detector"})
+    vit_fig = lambda m: (fig(m) + (f" (block order {_pct(m['block_order_recovered'])}, in-block "  # noqa: E731
+                                   f"{_pct(m['in_block_recovered'])}, flips {_pct(m['flips_recovered'])})"
+                                   if "block_order_recovered" in m else "")
+                         + (" — refused: no key material" if m.get("refused") else ""))
+    r.run("key-from-model", "vit", fm, vit_fig, "keyed ViT (2 layers, 4-px patches): its fold buffers", test_n=20)
+    r.run("key-from-model", "vit", fm, vit_fig, "keyed ViT, checkpoint saved with key material: the file's tensors",
+          test_n=20, options={"checkpoint": True})
+    r.run("key-from-model", "vit", fm, vit_fig, "keyed ViT, default checkpoint (no key material): buffers",
+          test_n=20, options={"checkpoint": "plain"})
+    n = 10_000 if r.quick else 60_000
+    r.run("key-from-model", "vit", fm, vit_fig, "keyed ViT trained on {train_images:.0f} images ({train_epochs:.0f} "
+          "epoch, {train_cpu_seconds:.0f} s CPU), no buffer read: smoothness of its weights, symmetry chosen by "
+          "the model's loss on {public} public images", test_n=20, options={"method": "weights", "train_images": n})
 
 
 def _reidentify(r: Runner) -> None:
