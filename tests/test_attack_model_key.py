@@ -151,7 +151,9 @@ def test_scenario_and_report_section(key, fashion):
     with pytest.raises(AttackError, match="pixel scheme"):
         run_scenario("key-from-model", make_scheme("etc", fashion, key), fashion, test_n=2)
     md, rows = security_report(sections=("key-from-model",), pictures=None, quick=True)
-    assert len(rows) == 8 and all(r.verdict.startswith("**broken**") for r in rows)
+    held = [r for r in rows if "default checkpoint" in r.data or "smoothness of its weights" in r.data]
+    assert len(held) == 2 and all(r.verdict == "holds" for r in held)  # no key material / the weights fail
+    assert len(rows) >= 16 and all(r.verdict.startswith("**broken**") for r in rows if r not in held)
     assert "Who must not hold a keyed model" in md and "A keyed model is the key" in md
 
 
