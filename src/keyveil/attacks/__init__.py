@@ -39,6 +39,7 @@ from .ciphertext_only import CiphertextOnly
 from .instahide import InstaHideAttack
 from .inversion import LearnedInversion, UNet
 from .jigsaw import JigsawSolver, block_comparison
+from .jigsaw_shared import SharedKeyJigsaw
 from .membership import MembershipInference, auc, train_classifier
 from .model_key import KeyFromModel, layout_from_taps, offsets_to_taps
 from .permutation import ChosenPlaintext, KnownPlaintext, crafted_images
@@ -62,6 +63,7 @@ __all__ = [
     "ChosenPlaintext",
     "CiphertextOnly",
     "JigsawSolver",
+    "SharedKeyJigsaw",
     "InstaHideAttack",
     "LearnedInversion",
     "UNet",
