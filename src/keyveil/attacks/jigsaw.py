@@ -16,6 +16,7 @@ block with unknown key bits.
 from __future__ import annotations
 
 import itertools
+
 import torch
 
 from ..metrics.quality import ssim

@@ -61,7 +61,7 @@ class SharedKeyJigsaw(Attack):
         >>> t = torch.linspace(0, 1, 16)
         >>> u = torch.rand(300, 3, 1, 1, generator=torch.Generator().manual_seed(0))
         >>> x = (torch.sin(3 * u[:, :1] * t[:, None] + 4 * u[:, 1:2] * t + 6 * u[:, 2:]) * 120 + 128)
-        >>> x = x.round().to(torch.uint8)[:, None]
+        >>> x = x.round().to(torch.uint8)  # (300, 1, 16, 16)
         >>> r = SharedKeyJigsaw(rotations=True, negapos=True).run(ciphertexts=etc.encrypt(x), reference=etc)
         >>> r.metrics["direct"] > 0.9
         True

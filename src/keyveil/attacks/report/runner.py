@@ -133,6 +133,14 @@ def _cot(r: Runner) -> None:
     opts = {"anneal_seconds": 3.0} if r.quick else {}
     r.run("ciphertext-only", "pixel", "fashion-mnist", fig, "{ciphertexts} ciphertexts, one key", n=n,
           test_n=500, options=opts)
+    blocks = lambda m: (f"direct {_pct(m['direct'])}, neighbour {_pct(m['neighbour'])} of the key; SSIM "  # noqa: E731
+                        f"{m['ssim']:.3f} (encrypted {m['ssim_encrypted']:.3f}), best global symmetry")
+    data = "{ciphertexts} ciphertexts, one key; jigsaw-shared-key"
+    for name in ("etc", "block"):
+        for k in (n,) if r.quick else (1000, n):
+            r.run("ciphertext-only", name, "fashion-mnist", blocks, data, n=k, test_n=500)
+    r.run("ciphertext-only", "etc", "photos", blocks, data + " (colour: the photos' {tile}×{tile} tiles)",
+          test_n=8, options={"tile": 32})
 
 
 def _jigsaw(r: Runner) -> None:
