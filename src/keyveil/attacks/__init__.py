@@ -39,6 +39,7 @@ from .ciphertext_only import CiphertextOnly
 from .instahide import InstaHideAttack
 from .inversion import LearnedInversion, UNet
 from .jigsaw import JigsawSolver, block_comparison
+from .jigsaw_shared import SharedKeyJigsaw
 from .membership import MembershipInference, auc, train_classifier
 from .model_key import KeyFromModel, layout_from_taps, offsets_to_taps
 from .nibble_layout import NibbleLayout
@@ -64,6 +65,7 @@ __all__ = [
     "CiphertextOnly",
     "NibbleLayout",
     "JigsawSolver",
+    "SharedKeyJigsaw",
     "InstaHideAttack",
     "LearnedInversion",
     "UNet",

@@ -16,20 +16,57 @@ block with unknown key bits.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 
 import torch
 
 from ..metrics.quality import ssim
 from .base import Attack, AttackError, AttackResult, Cost, measure, register_attack
 
-__all__ = ["JigsawSolver", "block_comparison", "dihedral"]
+__all__ = ["JigsawSolver", "block_comparison", "dihedral", "orientations", "orient", "best_symmetry", "greedy_assemble"]
+
+Orientation = tuple[int, bool, tuple[int, ...]]
+"""``(dihedral k, negated, channel order)`` of a block or of a whole image."""
 
 
 def dihedral(t: torch.Tensor, k: int) -> torch.Tensor:
     """Symmetry ``k`` in 0..7 of the last two dims: rotate by ``k % 4`` quarter turns, flip if ``k >= 4``."""
     t = torch.rot90(t, k % 4, dims=(-2, -1))
     return t.flip(-1) if k >= 4 else t
+
+
+def orientations(c: int, *, rotations: bool, negapos: bool, channel_orders: bool) -> list[Orientation]:
+    """Every ``(k, negated, order)`` searched: 8 rotations/flips, 2 signs, ``c!`` channel orders (when on)."""
+    rots = range(8) if rotations else range(1)
+    negs = (False, True) if negapos else (False,)
+    orders = list(itertools.permutations(range(c))) if (channel_orders and c > 1) else [tuple(range(c))]
+    return [(k, n, o) for k in rots for n in negs for o in orders]
+
+
+def orient(x: torch.Tensor, o: Orientation) -> torch.Tensor:
+    """Apply ``o`` to the last three dims ``(C, H, W)`` of ``x`` (channels reordered, turned, negated)."""
+    k, neg, order = o
+    v = dihedral(x[..., list(order), :, :], k)
+    if not neg:
+        return v
+    return (255 - v) if v.dtype == torch.uint8 else 1.0 - v
+
+
+def best_symmetry(recon: torch.Tensor, plain: torch.Tensor, block_size: int,
+                  candidates: list[Orientation]) -> tuple[dict[str, float], Orientation]:
+    """Block scores of ``recon`` (``(C,H,W)``) under the global symmetry in ``candidates`` that fits ``plain`` best.
+
+    Ranked by neighbour, then direct (:func:`block_comparison`); quarter turns are skipped for non-square images.
+    """
+    h, w = recon.shape[-2:]
+    best: dict[str, float] = {}
+    chosen = candidates[0]
+    for o in candidates:
+        if h != w and o[0] % 2 == 1:
+            continue
+        s = block_comparison(orient(recon, o), plain, block_size)
+        if not best or (s["neighbour"], s["direct"]) > (best["neighbour"], best["direct"]):
+            best, chosen = s, o
+    return best, chosen
 
 
 def _blocks(x: torch.Tensor, m: int) -> torch.Tensor:
@@ -112,11 +149,8 @@ class JigsawSolver(Attack):
         self.negapos = bool(negapos)
         self.channel_orders = bool(channel_orders)
 
-    def _orientations(self, c: int) -> list[tuple[int, bool, tuple[int, ...]]]:
-        rots = range(8) if self.rotations else range(1)
-        negs = (False, True) if self.negapos else (False,)
-        orders = list(itertools.permutations(range(c))) if (self.channel_orders and c > 1) else [tuple(range(c))]
-        return [(k, n, o) for k in rots for n in negs for o in orders]
+    def _orientations(self, c: int) -> list[Orientation]:
+        return orientations(c, rotations=self.rotations, negapos=self.negapos, channel_orders=self.channel_orders)
 
     def _variants(self, pieces: torch.Tensor, white: float) -> torch.Tensor:
         """``(N,C,M,M)`` -> ``(N, V, C, M, M)`` oriented pieces."""
@@ -158,23 +192,9 @@ class JigsawSolver(Attack):
         result.metrics["cpu_seconds_per_image"] = cost.cpu_seconds / max(b, 1)
         return result
 
-    def _global_symmetries(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
-        c, h, w = x.shape
-        white = 255 if x.dtype == torch.uint8 else 1.0
-        for k, neg, order in self._orientations(c):
-            if h != w and k % 2 == 1:
-                continue
-            v = dihedral(x[list(order)], k)
-            yield white - v if neg else v
-
     def _score(self, recon: torch.Tensor, plain: torch.Tensor) -> dict[str, float]:
-        best: dict[str, float] = {}
-        for cand in self._global_symmetries(recon):
-            s = block_comparison(cand, plain, self.block_size)
-            s["ssim"] = float(ssim(plain, cand)[0])
-            if not best or (s["neighbour"], s["direct"]) > (best["neighbour"], best["direct"]):
-                best = s
-        return best
+        best, o = best_symmetry(recon, plain, self.block_size, self._orientations(recon.shape[0]))
+        return {**best, "ssim": float(ssim(plain, orient(recon, o))[0])}
 
     def _solve(self, img: torch.Tensor) -> torch.Tensor:
         c, h, w = img.shape
@@ -188,55 +208,7 @@ class JigsawSolver(Attack):
         f = var.reshape(n * nv, c, m, m).float() / (255.0 if img.dtype == torch.uint8 else 1.0)
         lr = _dissimilarity(f[..., :, -1], f[..., :, -2], f[..., :, 0], f[..., :, 1])  # p left of q
         ud = _dissimilarity(f[..., -1, :], f[..., -2, :], f[..., 0, :], f[..., 1, :])  # p above q
-        base = torch.arange(n).repeat_interleave(nv)
-        # Seed: the piece (upright) whose best right/down match stands out most.
-        upright = torch.arange(n) * nv
-
-        def margin(d: torch.Tensor) -> torch.Tensor:
-            d = d.clone()
-            d[base[upright][:, None] == base[None, :]] = float("inf")
-            two = d.topk(2, dim=1, largest=False).values
-            return two[:, 1] - two[:, 0]
-
-        seed = int(upright[(margin(lr[upright]) + margin(ud[upright])).argmax()])
-        placed: dict[tuple[int, int], int] = {(0, 0): seed}
-        used = torch.zeros(n, dtype=torch.bool)
-        used[base[seed]] = True
-        rmin = rmax = cmin = cmax = 0
-        inf = float("inf")
-        while len(placed) < n:
-            slots = []
-            for (r, cc) in placed:
-                for dr, dc in ((0, 1), (1, 0), (0, -1), (-1, 0)):
-                    s = (r + dr, cc + dc)
-                    if s in placed or s in slots:
-                        continue
-                    if max(rmax, s[0]) - min(rmin, s[0]) >= nh or max(cmax, s[1]) - min(cmin, s[1]) >= nw:
-                        continue
-                    slots.append(s)
-            costs = torch.zeros(len(slots), n * nv)
-            for i, (r, cc) in enumerate(slots):
-                total, cnt = torch.zeros(n * nv), 0
-                if (r, cc - 1) in placed:
-                    total += lr[placed[(r, cc - 1)]]
-                    cnt += 1
-                if (r, cc + 1) in placed:
-                    total += lr[:, placed[(r, cc + 1)]]
-                    cnt += 1
-                if (r - 1, cc) in placed:
-                    total += ud[placed[(r - 1, cc)]]
-                    cnt += 1
-                if (r + 1, cc) in placed:
-                    total += ud[:, placed[(r + 1, cc)]]
-                    cnt += 1
-                costs[i] = total / cnt
-            costs[:, used[base]] = inf
-            flat = int(costs.argmin())
-            si, p = divmod(flat, n * nv)
-            r, cc = slots[si]
-            placed[(r, cc)] = p
-            used[base[p]] = True
-            rmin, rmax, cmin, cmax = min(rmin, r), max(rmax, r), min(cmin, cc), max(cmax, cc)
+        placed, rmin, cmin = greedy_assemble(lr, ud, n, nv, nh, nw)
         grid = var.reshape(n * nv, c, m, m)
         out = torch.empty(nh, nw, c, m, m, dtype=img.dtype)
         for (r, cc), p in placed.items():
@@ -253,3 +225,66 @@ def _dissimilarity(last: torch.Tensor, second: torch.Tensor, first: torch.Tensor
     p_pred = (2 * last - second).flatten(1)  # predicts q's first line
     q_pred = (2 * first - next_).flatten(1)  # predicts p's last line
     return torch.cdist(p_pred, first.flatten(1), p=1) + torch.cdist(last.flatten(1), q_pred, p=1)
+
+
+def greedy_assemble(lr: torch.Tensor, ud: torch.Tensor, n: int, nv: int, nh: int,
+                    nw: int) -> tuple[dict[tuple[int, int], int], int, int]:
+    """Grow an ``nh×nw`` layout of ``n`` pieces, each in one of ``nv`` variants, from edge costs.
+
+    ``lr[p, q]`` / ``ud[p, q]``: cost of variant-piece ``p`` (index ``piece * nv + variant``) left of /
+    above ``q``. Starts from the piece whose best right/down match stands out most, then adds the
+    (free slot, unused piece) with the lowest mean cost to its placed neighbours, inside the frame.
+
+    Returns:
+        ``{(row, col): variant-piece}`` and the smallest row and column used (subtract them).
+    """
+    base = torch.arange(n).repeat_interleave(nv)
+    # Seed: the piece (upright) whose best right/down match stands out most.
+    upright = torch.arange(n) * nv
+
+    def margin(d: torch.Tensor) -> torch.Tensor:
+        d = d.clone()
+        d[base[upright][:, None] == base[None, :]] = float("inf")
+        two = d.topk(2, dim=1, largest=False).values
+        return two[:, 1] - two[:, 0]
+
+    seed = int(upright[(margin(lr[upright]) + margin(ud[upright])).argmax()])
+    placed: dict[tuple[int, int], int] = {(0, 0): seed}
+    used = torch.zeros(n, dtype=torch.bool)
+    used[base[seed]] = True
+    rmin = rmax = cmin = cmax = 0
+    inf = float("inf")
+    while len(placed) < n:
+        slots = []
+        for (r, cc) in placed:
+            for dr, dc in ((0, 1), (1, 0), (0, -1), (-1, 0)):
+                s = (r + dr, cc + dc)
+                if s in placed or s in slots:
+                    continue
+                if max(rmax, s[0]) - min(rmin, s[0]) >= nh or max(cmax, s[1]) - min(cmin, s[1]) >= nw:
+                    continue
+                slots.append(s)
+        costs = torch.zeros(len(slots), n * nv)
+        for i, (r, cc) in enumerate(slots):
+            total, cnt = torch.zeros(n * nv), 0
+            if (r, cc - 1) in placed:
+                total += lr[placed[(r, cc - 1)]]
+                cnt += 1
+            if (r, cc + 1) in placed:
+                total += lr[:, placed[(r, cc + 1)]]
+                cnt += 1
+            if (r - 1, cc) in placed:
+                total += ud[placed[(r - 1, cc)]]
+                cnt += 1
+            if (r + 1, cc) in placed:
+                total += ud[:, placed[(r + 1, cc)]]
+                cnt += 1
+            costs[i] = total / cnt
+        costs[:, used[base]] = inf
+        flat = int(costs.argmin())
+        si, p = divmod(flat, n * nv)
+        r, cc = slots[si]
+        placed[(r, cc)] = p
+        used[base[p]] = True
+        rmin, rmax, cmin, cmax = min(rmin, r), max(rmax, r), min(cmin, cc), max(cmax, cc)
+    return placed, rmin, cmin

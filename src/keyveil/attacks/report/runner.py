@@ -157,6 +157,14 @@ def _cot(r: Runner) -> None:
               "plain images", n=k, test_n=500)
     r.run("ciphertext-only", "le", "photos", nib, "{ciphertexts} ciphertexts (3×224×224), one key; {public} "
           "public plain photos", n=5, test_n=3, options={"public": 3})
+    blocks = lambda m: (f"direct {_pct(m['direct'])}, neighbour {_pct(m['neighbour'])} of the key; SSIM "  # noqa: E731
+                        f"{m['ssim']:.3f} (encrypted {m['ssim_encrypted']:.3f}), best global symmetry")
+    data = "{ciphertexts} ciphertexts, one key; jigsaw-shared-key"
+    for name in ("etc", "block"):
+        for k in (n,) if r.quick else (1000, n):
+            r.run("ciphertext-only", name, "fashion-mnist", blocks, data, n=k, test_n=500)
+    r.run("ciphertext-only", "etc", "photos", blocks, data + " (colour: the photos' {tile}×{tile} tiles)",
+          test_n=8, options={"tile": 32})
 
 
 def _jigsaw(r: Runner) -> None:
