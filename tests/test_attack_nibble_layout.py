@@ -60,3 +60,18 @@ def test_scenario_refuses_ele_and_runs_le(fashion):
     sc = run_scenario("ciphertext-only", make_scheme("le", fashion, Key.from_seed(0)), fashion, n=600, test_n=10,
                       options={"public": 400})
     assert sc.settings == {"ciphertexts": 600, "public": 400} and sc.result.metrics["units_correct"] > 0.9
+
+
+def test_vit_falls_in_two_steps_inside_the_blocks_then_their_places(fashion):
+    vit = make_scheme("vit", fashion, Key.from_seed(5))
+    sc = run_scenario("ciphertext-only", vit, fashion, n=3000, test_n=50)
+    exact = sc.result.metrics["decrypted_exactly"]
+    assert exact >= 0.9 and sc.settings["public"] == 1500
+    assert float((sc.recovered == sc.originals).flatten(1).all(1).double().mean()) == exact
+    # a different key for every image: nothing is shared, nothing comes back
+    keys = [make_scheme("vit", fashion, Key.from_seed(100 + k)) for k in range(3)]
+    x, _ = load(fashion, "train", 1200)
+    mixed = torch.cat([keys[k % 3].encrypt(x[k::3]) for k in range(3)])
+    inside = NibbleLayout(nibbles=False, block_size=4).run(ciphertexts=mixed[:1000], public=x[:200],
+                                                           test_encrypted=keys[0].encrypt(x[:20]), test_plain=x[:20])
+    assert inside.metrics["units_correct"] < 0.6

@@ -29,20 +29,24 @@ from .base import Attack, AttackError, AttackResult, Cost, measure, register_att
 __all__ = ["NibbleLayout", "block_units", "units_to_image"]
 
 
-def block_units(x: torch.Tensor, m: int) -> torch.Tensor:
-    """uint8 ``(B,C,H,W)`` -> ``(B, blocks, 2·C·M²)`` nibbles in the block schemes' order (c, i, j, high/low)."""
+def block_units(x: torch.Tensor, m: int, *, nibbles: bool = True) -> torch.Tensor:
+    """uint8 ``(B,C,H,W)`` -> ``(B, blocks, 2·C·M²)`` nibbles in the block schemes' order (c, i, j, high/low),
+    or ``(B, blocks, C·M²)`` values without ``nibbles``."""
     b, c, h, w = x.shape
     if h % m or w % m:
         raise AttackError(f"{m}x{m} blocks do not tile {h}x{w} images")
     v = x.reshape(b, c, h // m, m, w // m, m).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // m) * (w // m), c * m * m)
+    if not nibbles:
+        return v
     return split_nibbles(v.reshape(-1, c * m * m)).reshape(b, (h // m) * (w // m), 2 * c * m * m)
 
 
-def units_to_image(u: torch.Tensor, chw: tuple[int, int, int], m: int) -> torch.Tensor:
+def units_to_image(u: torch.Tensor, chw: tuple[int, int, int], m: int, *, nibbles: bool = True) -> torch.Tensor:
     """Inverse of :func:`block_units`."""
     c, h, w = chw
     b = u.shape[0]
-    v = join_nibbles(u.reshape(-1, u.shape[-1]).to(torch.uint8)).reshape(b, h // m, w // m, c, m, m)
+    flat = u.reshape(-1, u.shape[-1]).to(torch.uint8)
+    v = (join_nibbles(flat) if nibbles else flat).reshape(b, h // m, w // m, c, m, m)
     return v.permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
 
 
@@ -100,18 +104,19 @@ def _swap_gains(ap: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
     return gain
 
 
-def _flips(rp: torch.Tensor, t: torch.Tensor, mean_c: torch.Tensor, mean_t: torch.Tensor) -> torch.Tensor:
-    """Which sites hold a flipped unit (``15 - u``).
+def _flips(rp: torch.Tensor, t: torch.Tensor, mean_c: torch.Tensor, mean_t: torch.Tensor,
+           white: int = 15) -> torch.Tensor:
+    """Which sites hold a flipped unit (``white - u``).
 
     Relative flips: ``rp[a,b] ≈ s_a s_b t[a,b]``, so ``s`` is the sign pattern of the leading eigenvector of
     ``rp ∘ sign(t)``. Correlations cannot tell ``s`` from ``-s`` (the whole block negated); the units' means
-    can: a flipped unit's mean is ``15 -`` the template's.
+    can: a flipped unit's mean is ``white -`` the template's.
     """
     m = rp * torch.sign(t)
     m = (m + m.T) / 2
     v = torch.linalg.eigh(m)[1][:, -1]
     s = torch.where(v >= 0, 1.0, -1.0).double()
-    vote = (mean_c - mean_t).abs() - (mean_c - (15 - mean_t)).abs()  # > 0: looks flipped
+    vote = (mean_c - mean_t).abs() - (mean_c - (white - mean_t)).abs()  # > 0: looks flipped
     if float((vote * s).sum()) < 0:  # the sites with s = +1 should look flipped less than the others
         s = -s
     return s > 0
@@ -124,6 +129,8 @@ class NibbleLayout(Attack):
     Args:
         block_size: the scheme's block side M.
         per_block: ELE: one permutation per block position (samples: images) instead of one shared.
+        nibbles: units are 4-bit halves (LE); ``False``: 8-bit values (the ``vit`` scheme's shared in-block
+            shuffle and flips, whose blocks then stay scrambled for a block jigsaw to place).
         restarts: hill-climbing restarts (the first starts from the spectral order).
         seed: seed of the restarts.
     """
@@ -131,8 +138,10 @@ class NibbleLayout(Attack):
     name = "ciphertext-only-nibbles"
     description = "LE/ELE: match the ciphertext nibbles' correlations to a public template (graph matching)"
 
-    def __init__(self, *, block_size: int = 4, per_block: bool = False, restarts: int = 4, seed: int = 0) -> None:
+    def __init__(self, *, block_size: int = 4, per_block: bool = False, restarts: int = 4, seed: int = 0,
+                 nibbles: bool = True) -> None:
         self.block_size, self.per_block, self.restarts, self.seed = int(block_size), bool(per_block), int(restarts), seed
+        self.nibbles = bool(nibbles)
 
     def run(self, *, ciphertexts: torch.Tensor, public: torch.Tensor, test_encrypted: torch.Tensor,
             test_plain: torch.Tensor | None = None) -> AttackResult:
@@ -149,7 +158,8 @@ class NibbleLayout(Attack):
         cost = Cost(ciphertexts=len(ciphertexts))
         gen = torch.Generator().manual_seed(self.seed)
         with measure(cost):
-            cu, pu = block_units(ciphertexts, m), block_units(public, m)
+            nib, white = self.nibbles, 15 if self.nibbles else 255
+            cu, pu = block_units(ciphertexts, m, nibbles=nib), block_units(public, m, nibbles=nib)
             groups = range(cu.shape[1]) if self.per_block else [None]
             maps, flips = [], []
             for g in groups:
@@ -158,23 +168,24 @@ class NibbleLayout(Attack):
                 r, t = _corr(cs), _corr(ps)
                 p = _match(r, t, self.restarts, gen)  # site a <- unit p[a]
                 maps.append(p)
-                flips.append(_flips(r[p][:, p], t, cs.double().mean(0)[p], ps.double().mean(0)))
-            tu = block_units(test_encrypted, m)
+                flips.append(_flips(r[p][:, p], t, cs.double().mean(0)[p], ps.double().mean(0), white))
+            tu = block_units(test_encrypted, m, nibbles=nib)
             n_blocks = tu.shape[1]
             p = torch.stack([maps[0 if g is None else g] for g in (range(n_blocks) if self.per_block else
                                                                    [None] * n_blocks)])
             f = torch.stack([flips[0 if g is None else g] for g in (range(n_blocks) if self.per_block else
                                                                     [None] * n_blocks)])
             rec_u = torch.gather(tu.long(), 2, p[None].expand(tu.shape[0], -1, -1))
-            rec_u = torch.where(f[None], 15 - rec_u, rec_u)
-            rec = units_to_image(rec_u, chw, m)
+            rec_u = torch.where(f[None], white - rec_u, rec_u)
+            rec = units_to_image(rec_u, chw, m, nibbles=nib)
+        result_maps = (maps, flips)
         result = AttackResult(self.name, reconstructions=rec, cost=cost,
-                              details={"block_size": m, "per_block": self.per_block})
+                              details={"block_size": m, "per_block": self.per_block, "maps": result_maps})
         result.metrics["ciphertexts"] = float(len(ciphertexts))
         if test_plain is not None:
-            truth = block_units(test_plain, m).long()
+            truth = block_units(test_plain, m, nibbles=nib).long()
             hi = torch.zeros(truth.shape[-1], dtype=torch.bool)
-            hi[0::2] = True
+            hi[0 :: 2 if nib else 1] = True
             same = rec_u == truth
             result.metrics.update(units_correct=float(same.double().mean()),
                                   high_correct=float(same[..., hi].double().mean()),

@@ -126,6 +126,8 @@ def run_scenario(
     if attack == "ciphertext-only":
         n = 10_000 if n is None else n
         train, _ = _data.load(dataset, "train", n)
+        if name == "block" and scheme.shuffle == "shared":
+            return _cot_inside_then_blocks(scheme, dataset, train, test_x, opts)
         if name == "block":
             return _cot_blocks(scheme, dataset, train, test_x, opts)
         enc = scheme.encrypt(test_x)
@@ -176,6 +178,34 @@ def run_scenario(
         r.metrics["test_accuracy"] = float(acc)
         return Scenario(attack, name, dataset, r, test_x, nenc, None, {"members": n, "epochs": epochs})
     raise AttackError(f"no scenario for attack {attack!r}; choose one of {', '.join(SCENARIOS)}")
+
+
+def _cot_inside_then_blocks(scheme: Scheme, dataset: str, train: torch.Tensor, test_x: torch.Tensor,
+                            opts: dict[str, Any]) -> Scenario:
+    """``vit``: its one in-block shuffle and flips matched to a public template (values, as LE's nibbles), then
+    the blocks, whole again, placed by the shared-key jigsaw. The last ``public`` (default 2,000) of the
+    training images are the attacker's public plain images, the others the ciphertexts."""
+    from .jigsaw_shared import SharedKeyJigsaw
+    from .nibble_layout import NibbleLayout
+
+    if scheme.rotate or scheme.nibbles or scheme.channel_shuffle or scheme.negapos not in (None, "shared"):
+        raise AttackError("the two-step attack handles a shared in-block shuffle with shared flips and a block "
+                          "scramble (the vit preset); this scheme also rotates, splits or shuffles channels")
+    public_n = min(int(opts.pop("public", 2000)), len(train) // 2)
+    cipher, public = train[:-public_n], train[-public_n:]
+    m = scheme.block_size
+    ct, et = scheme.encrypt(cipher), scheme.encrypt(test_x)
+    inside = NibbleLayout(nibbles=False, block_size=m).run(ciphertexts=ct, public=public,
+                                                           test_encrypted=torch.cat([ct, et]))
+    whole = inside.reconstructions
+    r = SharedKeyJigsaw(block_size=m, rotations=False, negapos=False, channel_orders=False, **opts).run(
+        ciphertexts=whole[: len(ct)], test_encrypted=whole[len(ct):], test_plain=test_x)
+    r.cost.cpu_seconds += inside.cost.cpu_seconds
+    r.cost.wall_seconds += inside.cost.wall_seconds
+    rec = r.reconstructions
+    r.metrics["decrypted_exactly"] = float((rec == test_x).flatten(1).all(1).double().mean())
+    return Scenario("ciphertext-only", type(scheme).name, dataset, r, test_x, et, rec,
+                    {"ciphertexts": len(ct), "public": public_n})
 
 
 def _tiles(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -165,6 +165,10 @@ def _cot(r: Runner) -> None:
             r.run("ciphertext-only", name, "fashion-mnist", blocks, data, n=k, test_n=500)
     r.run("ciphertext-only", "etc", "photos", blocks, data + " (colour: the photos' {tile}×{tile} tiles)",
           test_n=8, options={"tile": 32})
+    two = lambda m: (f"{_pct(m['decrypted_exactly'])} of the test images decrypted exactly; SSIM {m['ssim']:.3f} "  # noqa: E731
+                     f"(encrypted {m['ssim_encrypted']:.3f})")
+    r.run("ciphertext-only", "vit", "fashion-mnist", two, "{ciphertexts} ciphertexts, one key, {public} public plain "
+          "images: in-block shuffle by template matching, then jigsaw-shared-key", n=n + 2000, test_n=500)
 
 
 def _jigsaw(r: Runner) -> None:

@@ -39,6 +39,10 @@ def verdict(section: str, m: dict[str, float]) -> str:
         f = m["high_correct"]
         return "**broken**: the shared shuffle recovered" if m["units_correct"] == 1.0 else (
             "**broken**: most high nibbles back" if f >= 0.9 else ("partly" if f >= 0.3 else "holds"))
+    if section == "ciphertext-only" and "decrypted_exactly" in m:  # vit: two steps, scored on the images
+        f = m["decrypted_exactly"]
+        return "**broken**: images decrypted exactly" if f >= 0.9 else (
+            "partly" if m["ssim"] - m["ssim_encrypted"] >= 0.2 else "holds")
     if section == "ciphertext-only" and "direct" in m:  # block schemes: the shared-key jigsaw
         f = m["direct"]
         return "**broken**: key recovered (up to one global symmetry)" if f == 1.0 else (
