@@ -54,9 +54,13 @@ def test_le_falls_to_ciphertexts_alone_and_noise_gives_nothing(fashion):
     assert bad.metrics["ssim"] < 0.2 and bad.metrics["high_correct"] < 0.6
 
 
-def test_scenario_refuses_ele_and_runs_le(fashion):
-    with pytest.raises(AttackError, match="ELE"):
-        run_scenario("ciphertext-only", make_scheme("ele", fashion, Key.from_seed(0)), fashion, n=50, test_n=5)
+def test_scenario_runs_le_and_ele_and_refuses_rotating_blocks(fashion):
+    with pytest.raises(AttackError, match="rotates"):
+        run_scenario("ciphertext-only", create("block", Key.from_seed(0), nibbles=True, shuffle="shared",
+                                               rotate=True, scramble=False), fashion, n=50, test_n=5)
+    ele = run_scenario("ciphertext-only", make_scheme("ele", fashion, Key.from_seed(0)), fashion, n=1500,
+                       test_n=20, options={"public": 1000})
+    assert ele.result.metrics["high_correct"] > 0.8 and ele.result.metrics["ssim"] > 0.8
     sc = run_scenario("ciphertext-only", make_scheme("le", fashion, Key.from_seed(0)), fashion, n=600, test_n=10,
                       options={"public": 400})
     assert sc.settings == {"ciphertexts": 600, "public": 400} and sc.result.metrics["units_correct"] > 0.9

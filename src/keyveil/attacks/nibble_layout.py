@@ -122,13 +122,60 @@ def _flips(rp: torch.Tensor, t: torch.Tensor, mean_c: torch.Tensor, mean_t: torc
     return s > 0
 
 
+def _signature(units: torch.Tensor, white: int) -> torch.Tensor:
+    """What a block's statistics look like whatever its shuffle and flips: sorted |corr| and folded means."""
+    r = _corr(units).abs()
+    iu = torch.triu_indices(r.shape[0], r.shape[0], 1)
+    mean = units.double().mean(0)
+    folded = torch.minimum(mean, white - mean) / white
+    return torch.cat([r[iu[0], iu[1]].sort().values, folded.sort().values])
+
+
+def _per_block(cu: torch.Tensor, pu: torch.Tensor, white: int, restarts: int, candidates: int,
+               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ELE: (unit map, flips, plain position) of every cipher block; see :class:`NibbleLayout`."""
+    from scipy.optimize import linear_sum_assignment
+
+    n = cu.shape[1]
+    sig_c = torch.stack([_signature(cu[:, g], white) for g in range(n)])
+    sig_p = torch.stack([_signature(pu[:, q], white) for q in range(n)])
+    near = torch.cdist(sig_c, sig_p).topk(min(candidates, n), largest=False).indices
+    temps = [_corr(pu[:, q]) for q in range(n)]
+    score = torch.full((n, n), -1e9, dtype=torch.float64)
+    found: dict[tuple[int, int], torch.Tensor] = {}
+    for g in range(n):
+        r = _corr(cu[:, g])
+        for q in near[g].tolist():
+            t = temps[q]
+            perm = _match(r, t, restarts, gen)
+            score[g, q] = float((r[perm][:, perm].abs() * t.abs()).sum()) / float(t.abs().pow(2).sum().clamp_min(1e-9))
+            found[(g, q)] = perm
+    rows, cols = linear_sum_assignment(score.numpy(), maximize=True)
+    place = torch.as_tensor(cols)[torch.argsort(torch.as_tensor(rows))]
+    maps, flips = [], []
+    for g in range(n):
+        q = int(place[g])
+        perm = found.get((g, q))
+        if perm is None:  # assigned outside its candidates: match it there now
+            perm = _match(_corr(cu[:, g]), temps[q], restarts, gen)
+        r = _corr(cu[:, g])
+        maps.append(perm)
+        flips.append(_flips(r[perm][:, perm], temps[q], cu[:, g].double().mean(0)[perm], pu[:, q].double().mean(0),
+                            white))
+    return torch.stack(maps), torch.stack(flips), place
+
+
 @register_attack
 class NibbleLayout(Attack):
     """Recover LE's shared in-block nibble permutation and flips from ciphertexts alone (see the module text).
 
     Args:
         block_size: the scheme's block side M.
-        per_block: ELE: one permutation per block position (samples: images) instead of one shared.
+        per_block: ELE: one permutation and mask per block, blocks scrambled. Each cipher block's
+            correlations (samples: the images) are matched to the templates of the ``candidates`` plain
+            block positions whose statistics look most alike (sorted |correlations| and folded means:
+            invariant to the shuffle and flips), and the blocks are placed by the best total match
+            (a linear assignment, SciPy).
         nibbles: units are 4-bit halves (LE); ``False``: 8-bit values (the ``vit`` scheme's shared in-block
             shuffle and flips, whose blocks then stay scrambled for a block jigsaw to place).
         restarts: hill-climbing restarts (the first starts from the spectral order).
@@ -139,7 +186,8 @@ class NibbleLayout(Attack):
     description = "LE/ELE: match the ciphertext nibbles' correlations to a public template (graph matching)"
 
     def __init__(self, *, block_size: int = 4, per_block: bool = False, restarts: int = 4, seed: int = 0,
-                 nibbles: bool = True) -> None:
+                 nibbles: bool = True, candidates: int = 6) -> None:
+        self.candidates = int(candidates)
         self.block_size, self.per_block, self.restarts, self.seed = int(block_size), bool(per_block), int(restarts), seed
         self.nibbles = bool(nibbles)
 
@@ -160,27 +208,22 @@ class NibbleLayout(Attack):
         with measure(cost):
             nib, white = self.nibbles, 15 if self.nibbles else 255
             cu, pu = block_units(ciphertexts, m, nibbles=nib), block_units(public, m, nibbles=nib)
-            groups = range(cu.shape[1]) if self.per_block else [None]
-            maps, flips = [], []
-            for g in groups:
-                cs = cu.reshape(-1, cu.shape[-1]) if g is None else cu[:, g]
-                ps = pu.reshape(-1, pu.shape[-1]) if g is None else pu[:, g]
-                r, t = _corr(cs), _corr(ps)
-                p = _match(r, t, self.restarts, gen)  # site a <- unit p[a]
-                maps.append(p)
-                flips.append(_flips(r[p][:, p], t, cs.double().mean(0)[p], ps.double().mean(0), white))
             tu = block_units(test_encrypted, m, nibbles=nib)
-            n_blocks = tu.shape[1]
-            p = torch.stack([maps[0 if g is None else g] for g in (range(n_blocks) if self.per_block else
-                                                                   [None] * n_blocks)])
-            f = torch.stack([flips[0 if g is None else g] for g in (range(n_blocks) if self.per_block else
-                                                                    [None] * n_blocks)])
+            if self.per_block:
+                p, f, place = _per_block(cu, pu, white, self.restarts, self.candidates, gen)
+                tu = tu[:, torch.argsort(place)]  # cipher block g goes to plain position place[g]
+                p, f = p[torch.argsort(place)], f[torch.argsort(place)]
+            else:
+                r, t = _corr(cu.reshape(-1, cu.shape[-1])), _corr(pu.reshape(-1, pu.shape[-1]))
+                q = _match(r, t, self.restarts, gen)  # site a <- unit q[a]
+                fl = _flips(r[q][:, q], t, cu.reshape(-1, cu.shape[-1]).double().mean(0)[q],
+                            pu.reshape(-1, pu.shape[-1]).double().mean(0), white)
+                p, f = q.expand(tu.shape[1], -1), fl.expand(tu.shape[1], -1)
             rec_u = torch.gather(tu.long(), 2, p[None].expand(tu.shape[0], -1, -1))
             rec_u = torch.where(f[None], white - rec_u, rec_u)
             rec = units_to_image(rec_u, chw, m, nibbles=nib)
-        result_maps = (maps, flips)
         result = AttackResult(self.name, reconstructions=rec, cost=cost,
-                              details={"block_size": m, "per_block": self.per_block, "maps": result_maps})
+                              details={"block_size": m, "per_block": self.per_block})
         result.metrics["ciphertexts"] = float(len(ciphertexts))
         if test_plain is not None:
             truth = block_units(test_plain, m, nibbles=nib).long()

@@ -246,13 +246,14 @@ def _cot_blocks(scheme: Scheme, dataset: str, train: torch.Tensor, test_x: torch
 
 
 def _nibbles(scheme: Scheme, dataset: str, test_x: torch.Tensor, n: int | None, opts: dict[str, Any]) -> Scenario:
-    """LE: ``n`` ciphertexts of training images under the key, plus public plain images of the same kind (the
-    next ``public`` training images, default 2,000 or what is left; never the victims') for the template."""
+    """LE / ELE: ``n`` ciphertexts of training images under the key, plus public plain images of the same kind
+    (the next ``public`` training images, default 2,000 or what is left; never the victims') for the templates."""
     from .nibble_layout import NibbleLayout
 
-    if getattr(scheme, "shuffle", None) != "shared" or getattr(scheme, "scramble", False):
-        raise AttackError("the nibble matching attacks LE's one shared in-block shuffle; ELE (a shuffle per block, "
-                          "blocks scrambled) would need a block jigsaw after it")
+    per_block = getattr(scheme, "shuffle", None) == "per_block"
+    if getattr(scheme, "shuffle", None) not in ("shared", "per_block") or getattr(scheme, "rotate", False):
+        raise AttackError("the nibble matching attacks LE's shared in-block shuffle or ELE's per-block ones; this "
+                          "scheme also rotates blocks or does not shuffle inside them")
     n = 10_000 if n is None else n
     public_n = int(opts.pop("public", 2000))
     train, _ = _data.load(dataset, "train", n + public_n)
@@ -260,6 +261,7 @@ def _nibbles(scheme: Scheme, dataset: str, test_x: torch.Tensor, n: int | None, 
         raise AttackError(f"dataset {dataset!r} has {len(train)} training images: ask for fewer ciphertexts so "
                           "some are left as public images")
     opts.setdefault("block_size", scheme.block_size)
+    opts.setdefault("per_block", per_block)
     enc = scheme.encrypt(test_x)
     r = NibbleLayout(**opts).run(ciphertexts=scheme.encrypt(train[:n]), public=train[n:], test_encrypted=enc,
                                  test_plain=test_x)

@@ -155,6 +155,8 @@ def _cot(r: Runner) -> None:
     for k in (500, n):
         r.run("ciphertext-only", "le", "fashion-mnist", nib, "{ciphertexts} ciphertexts, one key; {public} public "
               "plain images", n=k, test_n=500)
+    r.run("ciphertext-only", "ele", "fashion-mnist", nib, "{ciphertexts} ciphertexts, one key; {public} public plain "
+          "images: each block's shuffle matched, blocks placed by the best total match", n=n, test_n=500)
     r.run("ciphertext-only", "le", "photos", nib, "{ciphertexts} ciphertexts (3×224×224), one key; {public} "
           "public plain photos", n=5, test_n=3, options={"public": 3})
     blocks = lambda m: (f"direct {_pct(m['direct'])}, neighbour {_pct(m['neighbour'])} of the key; SSIM "  # noqa: E731
