@@ -110,6 +110,7 @@ def run_scenario(
         return Scenario(attack, name, dataset, r, test_x, enc, r.decrypt(enc), {"pairs": n})
     if attack == "ciphertext-only":
         n = 10_000 if n is None else n
+        opts.setdefault("flips", bool(getattr(scheme, "negapos", False)) is True)  # pixel-np's per-position flips
         train, _ = _data.load(dataset, "train", n)
         enc = scheme.encrypt(test_x)
         r = CiphertextOnly(**opts).run(ciphertexts=scheme.encrypt(train), test_encrypted=enc, test_plain=test_x,
