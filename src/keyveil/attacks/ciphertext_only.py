@@ -153,7 +153,7 @@ class CiphertextOnly(Attack):
             axis = s
             if self.smoothness > 0:
                 tv = total_variation_table(samples)
-                axis = s - self.smoothness * tv / tv.mean().clamp_min(1e-12)
+                axis = tv.mul_(-self.smoothness / float(tv.mean().clamp_min(1e-12))).add_(s)  # in place: P² floats
             layout = recentre(layout, s, spread, h, w)
             tried = 0
             if self.anneal_seconds > 0:

@@ -66,19 +66,18 @@ def recover_flips(s: torch.Tensor, neighbours: int = 4) -> torch.Tensor:
     The top eigenvector of the signed graph of each position's ``neighbours``
     strongest entries (by magnitude) carries the signs.
     """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.linalg import eigsh
+
     p = s.shape[0]
     idx = s.abs().topk(neighbours, dim=1).indices
-    w = torch.zeros_like(s).scatter_(1, idx, s.gather(1, idx))
-    w = torch.where(w.abs() >= w.T.abs(), w, w.T).double()
-    if p <= 4096:
-        vec = torch.linalg.eigh(w)[1][:, -1]
-    else:
-        from scipy.sparse import csr_matrix
-        from scipy.sparse.linalg import eigsh
-
-        vec = torch.from_numpy(eigsh(csr_matrix(w.cpu().numpy()), k=1, which="LA")[1][:, 0])
-    sign = torch.where(vec.to(s.device) >= 0, 1.0, -1.0)
-    return sign.to(s.dtype)
+    vals = s.gather(1, idx).double().cpu().numpy().reshape(-1)
+    rows = torch.arange(p).repeat_interleave(neighbours).numpy()
+    w = coo_matrix((vals, (rows, idx.cpu().numpy().reshape(-1))), shape=(p, p)).tocsr()
+    w = (w + w.T) * 0.5  # both directions carry the same sign
+    vec = torch.from_numpy(eigsh(w, k=1, which="LA", v0=torch.ones(p, dtype=torch.float64).numpy())[1][:, 0])
+    sign = torch.where(vec >= 0, 1.0, -1.0)
+    return sign.to(s.dtype).to(s.device)
 
 
 def grow_layout(s: torch.Tensor, h: int, w: int, *, candidates: int = 12, diagonal: float = -1.0) -> torch.Tensor:
@@ -94,7 +93,8 @@ def grow_layout(s: torch.Tensor, h: int, w: int, *, candidates: int = 12, diagon
     from scipy.optimize import linear_sum_assignment
 
     p, h2, w2 = h * w, 2 * h - 1, 2 * w - 1
-    cand = s.abs().topk(min(candidates, p - 1), dim=1).indices.tolist()
+    top = s.abs().topk(min(candidates, p - 1), dim=1).indices
+    cand, weights = top.tolist(), s.gather(1, top).tolist()
     offs = [(dr, dc, 1.0) for dr, dc in _AXIS] + [(dr, dc, diagonal) for dr, dc in _DIAG]
     where, grid, score, heap = [-1] * p, {}, {}, []
     box = [h - 1, h - 1, w - 1, w - 1]
@@ -103,15 +103,15 @@ def grow_layout(s: torch.Tensor, h: int, w: int, *, candidates: int = 12, diagon
         r, c = divmod(cell, w2)
         grid[cell], where[q] = q, cell
         box[:] = [min(box[0], r), max(box[1], r), min(box[2], c), max(box[3], c)]
-        row = s[q].tolist()
+        row = weights[q]
         for dr, dc, k in offs:
             rr, cc = r + dr, c + dc
             if not (0 <= rr < h2 and 0 <= cc < w2) or rr * w2 + cc in grid:
                 continue
             u = rr * w2 + cc
-            for t in cand[q]:
+            for t, st in zip(cand[q], row):
                 if where[t] < 0:
-                    v = score.get((u, t), 0.0) + k * row[t]
+                    v = score.get((u, t), 0.0) + k * st
                     score[(u, t)] = v
                     heapq.heappush(heap, (-v, u, t))
 
@@ -162,18 +162,20 @@ def refine_layout(
 
     Every step draws one swap offset (at most ``radius`` cells) and a lattice
     of swaps ``radius + 2`` cells apart, whose score changes do not interact,
-    and evaluates them together (batched; runs on the tables' device).
+    and evaluates them together (batched; runs on the tables' device; no table is copied).
     Runs for ``seconds`` of CPU time; returns the layout and the swaps tried.
     """
     p, dev = h * w, axis.device
-    tables = torch.zeros(2, p + 1, p + 1, dtype=axis.dtype, device=dev)  # index p: outside the grid
-    tables[0, :p, :p], tables[1, :p, :p] = axis, diag
+    def table(k: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # index p: outside the grid, scores 0
+        t = axis if k == 0 else diag
+        inside = (x < p) & (y < p)
+        return torch.where(inside, t[x.clamp(max=p - 1), y.clamp(max=p - 1)], torch.zeros((), dtype=t.dtype))
+
     hp, wp = h + 2, w + 2
     g = torch.full((hp * wp,), p, dtype=torch.int64, device=dev)
     inner = ((torch.arange(h, device=dev)[:, None] + 1) * wp + torch.arange(w, device=dev) + 1).reshape(-1)
     g[inner] = layout.to(dev)
     offs = torch.tensor([dr * wp + dc for dr, dc in _AXIS + _DIAG], device=dev)
-    kind = torch.tensor([0] * 4 + [1] * 4, device=dev)
     gen = torch.Generator().manual_seed(seed)
     stride, tried, step, temp = radius + 2, 0, 0, t_start
     start = time.process_time()
@@ -200,9 +202,9 @@ def refine_layout(
         va, vb = g[na], g[nb]
         va2 = torch.where(na == b[:, None], la[:, None], va)
         vb2 = torch.where(nb == a[:, None], lb[:, None], vb)
-        old = tables[kind, la[:, None], va].sum(1) + tables[kind, lb[:, None], vb].sum(1)
-        new = tables[kind, lb[:, None], va2].sum(1) + tables[kind, la[:, None], vb2].sum(1)
-        delta = new - old
+        delta = sum(table(k, lb[:, None], va2[:, sl]).sum(1) + table(k, la[:, None], vb2[:, sl]).sum(1)
+                    - table(k, la[:, None], va[:, sl]).sum(1) - table(k, lb[:, None], vb[:, sl]).sum(1)
+                    for k, sl in ((0, slice(0, 4)), (1, slice(4, 8))))
         u = torch.rand(len(delta), generator=gen).to(dev)
         ok = (delta > 0) | (u < torch.exp((delta / temp).clamp(max=0)))
         g[a[ok]], g[b[ok]] = lb[ok], la[ok]
