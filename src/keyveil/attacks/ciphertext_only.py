@@ -81,6 +81,7 @@ class CiphertextOnly(Attack):
         smoothness: weight of the total variation (mean absolute difference of
             adjacent reconstructed values, normalized) in the annealing.
         flips: also recover per-position negative–positive flips (``pixel-np``).
+        starts: growths tried per template (from strong positions; the best-fitting one is kept).
         seed: seed of the annealing's random choices.
 
     Examples:
@@ -101,12 +102,13 @@ class CiphertextOnly(Attack):
 
     def __init__(
         self, *, neighbours: int = 12, ridge: float = 0.01, anneal_seconds: float = 20.0, radius: int = 3,
-        smoothness: float = 0.1, flips: bool = False, seed: int = 0,
+        smoothness: float = 0.1, flips: bool = False, starts: int = 3, seed: int = 0,
     ) -> None:
         if neighbours < 4 or ridge <= 0 or radius < 1 or anneal_seconds < 0:
             raise AttackError("need neighbours >= 4, ridge > 0, radius >= 1, anneal_seconds >= 0")
         self.neighbours, self.ridge, self.anneal_seconds = int(neighbours), float(ridge), float(anneal_seconds)
         self.radius, self.smoothness, self.flips, self.seed = int(radius), float(smoothness), bool(flips), int(seed)
+        self.starts = max(1, int(starts))
 
     def run(
         self,
@@ -146,9 +148,13 @@ class CiphertextOnly(Attack):
                 mask = sign < 0
                 samples = torch.where(mask, white - samples, samples)
             # the diagonal neighbours' sign in the template depends on the images: keep the best-fitting growth
-            grown = {d: grow_layout(s, h, w, candidates=self.neighbours, diagonal=d) for d in (-1.0, 0.0, 1.0)}
-            diagonal = max(grown, key=lambda d: float(grid_objective(grown[d], s, h, w)))
-            layout = grown[diagonal]
+            # and a growth can turn a region the wrong way: several starts, keep the best-fitting growth
+            strong = s.topk(4, dim=1).values.sum(1).argsort(descending=True)
+            starts = strong[torch.linspace(0, len(strong) // 4, self.starts).long()].tolist()
+            grown = {(d, q): grow_layout(s, h, w, candidates=self.neighbours, diagonal=d, start=q)
+                     for d in (-1.0, 0.0, 1.0) for q in starts}
+            diagonal, _ = best = max(grown, key=lambda k: float(grid_objective(grown[k], s, h, w)))
+            layout = grown[best]
             spread = samples.std(0)
             axis = s
             if self.smoothness > 0:

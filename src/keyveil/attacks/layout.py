@@ -80,13 +80,16 @@ def recover_flips(s: torch.Tensor, neighbours: int = 4) -> torch.Tensor:
     return sign.to(s.dtype).to(s.device)
 
 
-def grow_layout(s: torch.Tensor, h: int, w: int, *, candidates: int = 12, diagonal: float = -1.0) -> torch.Tensor:
+def grow_layout(s: torch.Tensor, h: int, w: int, *, candidates: int = 12, diagonal: float = -1.0,
+                start: int | None = None) -> torch.Tensor:
     """Grow the ``h×w`` grid greedily from the affinity ``s`` (partial correlations, flips undone).
 
     Returns ``layout``: the position placed at each cell (``(h*w,)``). The
     score of position ``q`` at a free cell sums ``s[q, r]`` over its placed
     axis neighbours ``r`` and ``diagonal·s[q, r]`` over its diagonal ones;
     only each placed position's ``candidates`` strongest partners are scored.
+    The growth starts from position ``start`` (default: the one with the
+    strongest four partners).
     Positions left over when no candidate fits are assigned to the free
     cells by the Hungarian method on the same score.
     """
@@ -115,7 +118,7 @@ def grow_layout(s: torch.Tensor, h: int, w: int, *, candidates: int = 12, diagon
                     score[(u, t)] = v
                     heapq.heappush(heap, (-v, u, t))
 
-    place(int(s.topk(4, dim=1).values.sum(1).argmax()), (h - 1) * w2 + (w - 1))
+    place(int(s.topk(4, dim=1).values.sum(1).argmax()) if start is None else int(start), (h - 1) * w2 + (w - 1))
     placed = 1
     while heap and placed < p:
         v, u, t = heapq.heappop(heap)
