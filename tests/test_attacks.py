@@ -144,7 +144,7 @@ def test_ciphertext_only_recovers_layout_from_fashion_mnist(fashion):
     xt, _ = _data.load(fashion, "test", 50)
     r = CiphertextOnly(anneal_seconds=3).run(ciphertexts=s.encrypt(x), test_encrypted=s.encrypt(xt),
                                              test_plain=xt, reference=s)
-    assert r.metrics["neighbour_accuracy"] > 0.2  # a random layout gets about 0.005
+    assert r.metrics["neighbour_accuracy"] > 0.6  # a random layout gets about 0.005
     assert r.metrics["ssim_best_symmetry"] > r.metrics["ssim_encrypted"] + 0.01
     assert r.cost.ciphertexts == 3000 and r.cost.cpu_seconds > 0  # its budget: benchmarks/bench_attack_cost.py
     assert r.reconstructions.shape == xt.shape

@@ -2,11 +2,10 @@
 
 Natural images are smooth: across a dataset, neighbouring pixels are far more
 correlated than distant ones. A fixed permutation moves the pixels but keeps
-every pixel's values across the dataset, so the correlation matrix of the
-encrypted positions is the plain one with rows and columns permuted. The
-attack turns correlations into distances, embeds the positions in the plane
-with Isomap (geodesic distances on the k-nearest-neighbour graph, then
-classical MDS) and snaps the embedding onto the H×W grid.
+every pixel's values across the dataset, so the (partial) correlation matrix of
+the encrypted positions is the plain one with rows and columns permuted. The
+attack reads grid neighbours off the partial correlations, grows the grid from
+them and refines it by annealing (:mod:`keyveil.attacks.layout`).
 
 The layout comes back up to the 8 symmetries of the grid (rotations and
 mirror images): correlations cannot tell left from right. A person looking at
@@ -16,16 +15,22 @@ takes the best of the 8 (scored with the plain images), ``ssim`` does not.
 
 from __future__ import annotations
 
-import math
-import random
-import time
-
 import numpy as np
 import torch
 
 from ..metrics.quality import ssim
 from ..schemes import Scheme
 from .base import Attack, AttackError, Cost, KeyRecoveryResult, RecoveredPermutation, measure, register_attack
+from .layout import (
+    grid_objective,
+    grow_layout,
+    partial_correlation,
+    recentre,
+    recover_flips,
+    refine_flips,
+    refine_layout,
+    total_variation_table,
+)
 from .truth import true_permutation
 
 __all__ = ["CiphertextOnly", "grid_symmetries", "neighbour_accuracy"]
@@ -58,56 +63,52 @@ def neighbour_accuracy(layout: torch.Tensor, origin: torch.Tensor, h: int, w: in
     return float(torch.cat([horiz.reshape(-1), vert.reshape(-1)]).double().mean())
 
 
-def _correlation(x: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation between columns of ``x`` (samples × positions)."""
-    x = x - x.mean(0, keepdim=True)
-    std = x.pow(2).mean(0).sqrt()
-    cov = (x.T @ x) / x.shape[0]
-    corr = cov / (std[:, None] * std[None, :]).clamp_min(1e-12)
-    corr[std < 1e-9, :] = 0
-    corr[:, std < 1e-9] = 0
-    return corr
-
-
 @register_attack
 class CiphertextOnly(Attack):
-    """Rebuild a fixed pixel permutation from ciphertexts alone (dataset statistics).
+    """Rebuild a fixed pixel permutation (and ``pixel-np``'s flips) from ciphertexts alone.
+
+    The pipeline is in :mod:`keyveil.attacks.layout`: partial correlations of
+    the encrypted positions across the ciphertexts (their magnitudes when
+    ``flips``, the signs then give the flips), greedy growth of the grid,
+    re-centring, then batched annealing of partial-correlation template plus
+    image smoothness.
 
     Args:
-        neighbours: k of the k-nearest-neighbour graph (by correlation distance).
-        angles: rotations of the embedding tried when snapping it to the grid.
-        anneal_seconds: CPU seconds of simulated annealing (swaps of cells at
-            most ``radius`` apart) that raise the summed correlation of grid
-            neighbours, after the Isomap layout (0 to skip).
+        neighbours: strongest partners per position the growth scores.
+        ridge: regularization of the correlation matrix before its inversion.
+        anneal_seconds: CPU seconds of the batched annealing (0 to skip).
         radius: largest row/column distance of two swapped cells.
+        smoothness: weight of the total variation (mean absolute difference of
+            adjacent reconstructed values, normalized) in the annealing.
+        flips: also recover per-position negative–positive flips (``pixel-np``).
+        starts: growths tried per template (from strong positions; the best-fitting one is kept).
         seed: seed of the annealing's random choices.
 
     Examples:
         >>> import torch
         >>> from keyveil import Key, schemes
         >>> s = schemes.create("pixel", Key.generate())
-        >>> t = torch.linspace(0, 1, 12)
-        >>> u = torch.rand(3000, 4, 1, 1) * 6.3
-        >>> x = (torch.sin(u[:, 0] * t[:, None] + u[:, 1] * t[None, :] + u[:, 2]) * 100 + 128)
-        >>> x = x.round().to(torch.uint8)[:, None]
+        >>> k = torch.exp(-torch.arange(-3, 4.0).pow(2) / 1.3)
+        >>> k = (k[:, None] * k)[None, None] / k.sum() ** 2
+        >>> x = torch.nn.functional.conv2d(torch.randn(3000, 1, 18, 18), k)  # smooth 12x12 images
+        >>> x = (x / x.std() * 40 + 128).round().clamp(0, 255).to(torch.uint8)
         >>> r = CiphertextOnly(anneal_seconds=1).run(ciphertexts=s.encrypt(x), reference=s)
-        >>> r.metrics["neighbour_accuracy"] > 0.5
+        >>> r.metrics["neighbour_accuracy"] > 0.7  # a random layout: about 0.03
         True
     """
 
     name = "ciphertext-only"
-    description = "position correlations across many ciphertexts -> Isomap layout of a pixel permutation"
+    description = "partial correlations across many ciphertexts -> grown grid layout of a pixel permutation (+flips)"
 
     def __init__(
-        self, *, neighbours: int = 5, angles: int = 90, anneal_seconds: float = 30.0, radius: int = 4, seed: int = 0,
+        self, *, neighbours: int = 12, ridge: float = 0.01, anneal_seconds: float = 20.0, radius: int = 3,
+        smoothness: float = 0.1, flips: bool = False, starts: int = 3, seed: int = 0,
     ) -> None:
-        if neighbours < 2:
-            raise AttackError(f"neighbours must be at least 2, got {neighbours}")
-        self.neighbours = int(neighbours)
-        self.angles = int(angles)
-        self.anneal_seconds = float(anneal_seconds)
-        self.radius = int(radius)
-        self.seed = int(seed)
+        if neighbours < 4 or ridge <= 0 or radius < 1 or anneal_seconds < 0:
+            raise AttackError("need neighbours >= 4, ridge > 0, radius >= 1, anneal_seconds >= 0")
+        self.neighbours, self.ridge, self.anneal_seconds = int(neighbours), float(ridge), float(anneal_seconds)
+        self.radius, self.smoothness, self.flips, self.seed = int(radius), float(smoothness), bool(flips), int(seed)
+        self.starts = max(1, int(starts))
 
     def run(
         self,
@@ -117,7 +118,7 @@ class CiphertextOnly(Attack):
         test_plain: torch.Tensor | None = None,
         reference: Scheme | None = None,
     ) -> KeyRecoveryResult:
-        """Recover the layout.
+        """Recover the layout (and flips).
 
         Args:
             ciphertexts: ``(N,C,H,W)`` images encrypted under one ``pixel`` key.
@@ -125,48 +126,67 @@ class CiphertextOnly(Attack):
                 (default: the first 100 ciphertexts).
             test_plain: their plain versions, only to score (adds ``ssim``,
                 ``ssim_best_symmetry``, ``ssim_encrypted``).
-            reference: the attacked scheme, only to score (adds ``neighbour_accuracy``).
+            reference: the attacked scheme, only to score (adds ``neighbour_accuracy``,
+                and ``flip_accuracy`` when it flips).
         """
-        from scipy.sparse import csr_matrix
-        from scipy.sparse.csgraph import shortest_path
-
         y = torch.as_tensor(ciphertexts)
         if y.dim() != 4 or y.shape[0] < 2:
             raise AttackError(f"ciphertexts must be a batch (N,C,H,W) with N >= 2, got {tuple(y.shape)}")
         n, c, h, w = y.shape
         cost = Cost(ciphertexts=n)
         with measure(cost):
-            samples = y.permute(0, 1, 2, 3).reshape(n * c, h * w).double()
-            corr = _correlation(samples)
-            dist = (2 * (1 - corr)).clamp_min(0).sqrt()
-            dist.fill_diagonal_(math.inf)
-            k = min(self.neighbours, h * w - 1)
-            nd, ni = dist.topk(k, dim=1, largest=False)
-            rows = torch.arange(h * w).repeat_interleave(k)
-            graph = csr_matrix((nd.reshape(-1).numpy() + 1e-9, (rows.numpy(), ni.reshape(-1).numpy())),
-                               shape=(h * w, h * w))
-            geo = shortest_path(graph, method="D", directed=False)
-            finite = np.isfinite(geo)
-            geo[~finite] = geo[finite].max() * 1.5
-            coords = _classical_mds(torch.from_numpy(geo))
-            layout = self._snap(coords, corr, h, w)
-            steps = 0
+            samples = y.reshape(n * c, h * w).float()
+            s = partial_correlation(samples, self.ridge)
+            mask = None
+            if self.flips:
+                sign = recover_flips(s)
+                white = 255.0 if y.dtype == torch.uint8 else 1.0
+                if bool((torch.where(sign < 0, white - samples, samples).median(0).values < white / 2).float().mean()
+                        < 0.5):
+                    sign = -sign  # one global negation is invisible to correlations: take dark backgrounds
+                s.mul_(sign[:, None]).mul_(sign[None, :])
+                mask = sign < 0
+                samples = torch.where(mask, white - samples, samples)
+            # the diagonal neighbours' sign in the template depends on the images: keep the best-fitting growth
+            # and a growth can turn a region the wrong way: several starts, keep the best-fitting growth
+            strong = s.topk(4, dim=1).values.sum(1).argsort(descending=True)
+            starts = strong[torch.linspace(0, len(strong) // 4, self.starts).long()].tolist()
+            grown = {(d, q): grow_layout(s, h, w, candidates=self.neighbours, diagonal=d, start=q)
+                     for d in (-1.0, 0.0, 1.0) for q in starts}
+            diagonal, _ = best = max(grown, key=lambda k: float(grid_objective(grown[k], s, h, w)))
+            layout = grown[best]
+            spread = samples.std(0)
+            axis = s
+            if self.smoothness > 0:
+                tv = total_variation_table(samples)
+                axis = tv.mul_(-self.smoothness / float(tv.mean().clamp_min(1e-12))).add_(s)  # in place: P² floats
+            layout = recentre(layout, s, spread, h, w)
+            tried = 0
             if self.anneal_seconds > 0:
-                layout, steps = _anneal(layout, corr, h, w, seconds=self.anneal_seconds, radius=self.radius,
-                                        seed=self.seed)
+                layout, tried = refine_layout(layout, axis, diagonal * s, h, w, seconds=self.anneal_seconds,
+                                              radius=self.radius, seed=self.seed)
+                layout = recentre(layout, s, spread, h, w)
+            if mask is not None:
+                mask = mask ^ refine_flips(layout, samples, h, w, white)
             index = torch.empty_like(layout)
             index[layout] = torch.arange(h * w)
-            recovered = RecoveredPermutation((c, h, w), index, spatial=True)
+            recovered = RecoveredPermutation((c, h, w), index, mask, spatial=True)
             test_y = y[:100] if test_encrypted is None else torch.as_tensor(test_encrypted)
             recon = recovered.decrypt(test_y)
         result = KeyRecoveryResult(self.name, reconstructions=recon, cost=cost, recovered=recovered,
-                                   details={"layout": layout, "anneal_steps": steps})
+                                   details={"layout": layout, "swaps_tried": tried,
+                                                                               "diagonal": diagonal})
         result.metrics["ciphertexts"] = float(n)
         if reference is not None:
             origin = true_permutation(reference, (c, h, w))
             if not origin.spatial:
                 raise AttackError("the ciphertext-only attack targets the shared pixel permutation ('pixel')")
             result.metrics["neighbour_accuracy"] = neighbour_accuracy(layout, origin.index, h, w)
+            if origin.mask is not None:
+                got = torch.zeros(h * w, dtype=torch.bool) if mask is None else mask.cpu()
+                acc = float((got == origin.mask.cpu()).double().mean())
+                result.metrics["flip_accuracy"] = acc
+                result.metrics["flip_accuracy_up_to_negation"] = max(acc, 1 - acc)  # correlations cannot tell
         if test_plain is not None:
             plain = torch.as_tensor(test_plain)
             result.metrics["ssim_encrypted"] = float(ssim(plain, test_y).mean())
@@ -178,77 +198,3 @@ class CiphertextOnly(Attack):
             result.details["symmetry"] = best
         result.metrics["cpu_seconds"] = cost.cpu_seconds
         return result
-
-    def _snap(self, coords: torch.Tensor, corr: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """Rotate the embedding, bin it row by row onto the grid, keep the best angle."""
-        best, best_score = None, -math.inf
-        for a in range(self.angles):
-            t = math.pi / 2 * a / self.angles
-            rot = torch.tensor([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]], dtype=coords.dtype)
-            p = coords @ rot
-            rows = p[:, 1].argsort().view(h, w)
-            xs = p[:, 0][rows]
-            layout = torch.gather(rows, 1, xs.argsort(dim=1)).reshape(-1)
-            score = _grid_score(layout, corr, h, w)
-            if score > best_score:
-                best, best_score = layout, score
-        assert best is not None
-        return best
-
-
-def _classical_mds(d: torch.Tensor) -> torch.Tensor:
-    n = d.shape[0]
-    d2 = d.pow(2)
-    j = torch.eye(n, dtype=d.dtype) - 1.0 / n
-    b = -0.5 * j @ d2 @ j
-    vals, vecs = torch.linalg.eigh(b)
-    return vecs[:, -2:] * vals[-2:].clamp_min(0).sqrt()
-
-
-def _grid_score(layout: torch.Tensor, corr: torch.Tensor, h: int, w: int) -> float:
-    g = layout.view(h, w)
-    return float(corr[g[:, :-1], g[:, 1:]].sum() + corr[g[:-1, :], g[1:, :]].sum())
-
-
-def _anneal(
-    layout: torch.Tensor, corr: torch.Tensor, h: int, w: int, *, seconds: float, radius: int, seed: int,
-    t_start: float = 0.1, t_end: float = 0.001,
-) -> tuple[torch.Tensor, int]:
-    """Simulated annealing over swaps of nearby cells, maximizing the summed
-    correlation of grid neighbours. Runs for ``seconds`` of CPU time.
-
-    A scalar loop on purpose: each step touches 8 table entries, which plain
-    Python lists do faster than any tensor call.
-    """
-    rng = random.Random(seed)
-    table = corr.tolist()
-    g = layout.tolist()
-    nbrs = [
-        [a * w + b for a, b in ((i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1)) if 0 <= a < h and 0 <= b < w]
-        for i in range(h) for j in range(w)
-    ]
-
-    def local(cell: int, v: int, other: int, ov: int) -> float:
-        row = table[v]
-        return sum(row[ov if q == other else g[q]] for q in nbrs[cell])
-
-    n, steps, temp = h * w, 0, t_start
-    start = time.process_time()
-    while True:
-        if steps % 1024 == 0:
-            elapsed = time.process_time() - start
-            if elapsed >= seconds:
-                break
-            temp = t_start * (t_end / t_start) ** (elapsed / seconds)
-        steps += 1
-        a = rng.randrange(n)
-        i, j = divmod(a, w)
-        bi, bj = i + rng.randint(-radius, radius), j + rng.randint(-radius, radius)
-        if not (0 <= bi < h and 0 <= bj < w) or (bi == i and bj == j):
-            continue
-        b = bi * w + bj
-        va, vb = g[a], g[b]
-        delta = local(a, vb, b, va) + local(b, va, a, vb) - local(a, va, b, vb) - local(b, vb, a, va)
-        if delta >= 0 or rng.random() < math.exp(delta / temp):
-            g[a], g[b] = vb, va
-    return torch.tensor(g, dtype=torch.int64), steps

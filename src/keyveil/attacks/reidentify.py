@@ -20,6 +20,13 @@ Attacker variants (each reported; a setting is as private as its worst):
   on (encrypted, plain) gallery pairs the attacker makes (keyed: leaked
   through the oracle) undoes what it can; the plain-gallery recognizers are
   applied to the reconstructions.
+- ``ciphertext-only``: keyed schemes, no oracle: the attacker holds only
+  ciphertexts under the victim's key — the encrypted probes plus the other
+  encrypted photos (the gallery's shots, encrypted: what a server training on
+  everyone's encrypted faces holds), unlabelled and unpaired. The attack that
+  fits the scheme (:mod:`keyveil.attacks.chains`) recovers what it can; the
+  plain-gallery recognizers are applied to its reconstructions of the probes.
+  Not applicable (with the reason) where no ciphertext-only attack exists.
 - ``key-recovery``: keyed schemes, once chosen-plaintext
   (:class:`~keyveil.attacks.ChosenPlaintext`) recovered the key: the probes
   are decrypted and recognized as plain photos. Reported as not applicable
@@ -44,6 +51,7 @@ from torch import nn
 from ..engine.loop import index_batches, train_loop
 from ..schemes import GeometryError, Scheme, SchemeError
 from .base import Attack, AttackError, AttackResult, Cost, measure, register_attack
+from .chains import recover_from_ciphertexts
 from .inversion import LearnedInversion
 from .permutation import ChosenPlaintext
 from .views import View, apply_view, default_views
@@ -52,7 +60,7 @@ __all__ = ["Reidentify", "Eigenfaces", "CNNRecognizer", "View", "default_views",
            "VARIANTS", "RECOGNIZERS", "encryption_randomness", "fit_geometry"]
 
 PLAIN = View("plain")
-VARIANTS = ("glance", "adapted", "inverted", "key-recovery")
+VARIANTS = ("glance", "adapted", "inverted", "ciphertext-only", "key-recovery")
 RECOGNIZERS = ("eigenfaces", "cnn")
 
 
@@ -248,6 +256,7 @@ class Reidentify(Attack):
         adapted_draws: encryptions of every gallery photo the adapted
             eigenfaces attacker matches against (per-image schemes).
         inversion_epochs: U-Net epochs of the ``inverted`` variant.
+        chain_seconds: CPU budget of the ``ciphertext-only`` variant's search.
         seed: seed of the encryption randomness and of training.
 
     Examples:
@@ -267,7 +276,8 @@ class Reidentify(Attack):
 
     def __init__(self, *, variants: Sequence[str] = VARIANTS, recognizers: Sequence[str] = RECOGNIZERS,
                  views: Sequence[View] | None = None, components: int = 60, cnn_epochs: int = 40,
-                 adapted_draws: int = 3, inversion_epochs: int = 8, seed: int = 0) -> None:
+                 adapted_draws: int = 3, inversion_epochs: int = 8, chain_seconds: float = 20.0,
+                 seed: int = 0) -> None:
         bad = [v for v in variants if v not in VARIANTS] + [r for r in recognizers if r not in RECOGNIZERS]
         if bad or not variants or not recognizers:
             raise AttackError(f"unknown or missing variants/recognizers {bad}; variants: {', '.join(VARIANTS)}; "
@@ -278,6 +288,7 @@ class Reidentify(Attack):
         self.views = tuple(views) if views is not None else default_views()
         self.components, self.cnn_epochs = int(components), int(cnn_epochs)
         self.adapted_draws, self.inversion_epochs, self.seed = int(adapted_draws), int(inversion_epochs), int(seed)
+        self.chain_seconds = float(chain_seconds)
 
     def run(self, *, gallery: torch.Tensor, gallery_labels: torch.Tensor, probes: torch.Tensor,
             probe_labels: torch.Tensor, scheme: Scheme | None) -> AttackResult:
@@ -319,7 +330,8 @@ class Reidentify(Attack):
                 elif variant == "inverted":
                     recon, rows = self._inverted(scheme, gallery, enc, probe_labels, plain_rec, cost)
                 else:
-                    rows, why = self._key_recovery(scheme, gallery, enc, probe_labels, plain_rec, cost)
+                    rows, why = (self._key_recovery if variant == "key-recovery" else self._ciphertext_only)(
+                        scheme, gallery, enc, probe_labels, plain_rec, cost)
                     if why:
                         skipped[variant] = why
                         continue
@@ -405,3 +417,12 @@ class Reidentify(Attack):
             return [], f"chosen-plaintext recovered no fixed permutation ({exc})"
         cost.queries += r.cost.queries
         return self._score(plain_rec, r.decrypt(enc), truth), ""
+
+    def _ciphertext_only(self, scheme: Scheme, gallery: torch.Tensor, enc: torch.Tensor, truth: torch.Tensor,
+                         plain_rec: dict[str, Any], cost: Cost) -> tuple[list[dict[str, Any]], str]:
+        held = torch.cat([enc, scheme.encrypt(gallery, **encryption_randomness(scheme, self.seed + 303))])
+        got = recover_from_ciphertexts(scheme, held, enc, gallery, seconds=self.chain_seconds)
+        if isinstance(got, str):
+            return [], got
+        cost.ciphertexts += len(held)
+        return self._score(plain_rec, got[0], truth), ""

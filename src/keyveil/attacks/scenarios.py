@@ -125,6 +125,7 @@ def run_scenario(
         return _nibbles(scheme, dataset, test_x, n, opts)
     if attack == "ciphertext-only":
         n = 10_000 if n is None else n
+        opts.setdefault("flips", bool(getattr(scheme, "negapos", False)) is True)  # pixel-np's per-position flips
         train, _ = _data.load(dataset, "train", n)
         if name == "block" and scheme.shuffle == "shared":
             return _cot_inside_then_blocks(scheme, dataset, train, test_x, opts)

@@ -150,6 +150,8 @@ def _cot(r: Runner) -> None:
     opts = {"anneal_seconds": 3.0} if r.quick else {}
     r.run("ciphertext-only", "pixel", "fashion-mnist", fig, "{ciphertexts} ciphertexts, one key", n=n,
           test_n=500, options=opts)
+    r.run("ciphertext-only", "pixel-np", "fashion-mnist", lambda m: f"{fig(m)}; flips {_pct(m['flip_accuracy'])}",
+          "{ciphertexts} ciphertexts, one key", n=n, test_n=500, options=opts)  # flips recovered too
     nib = lambda m: (f"{_pct(m['units_correct'])} of nibbles exact ({_pct(m['high_correct'])} of high ones), "  # noqa: E731
                      f"SSIM {m['ssim']:.3f} (encrypted {m['ssim_encrypted']:.3f})")
     for k in (500, n):
