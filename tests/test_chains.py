@@ -27,8 +27,10 @@ def test_dispatch_names_an_attack_or_a_reason():
     assert ciphertext_only_attack(schemes.create("pixel-np", Key.from_seed(1))).flips
     assert "keyless" in ciphertext_only_attack(schemes.create("visualmixer"))
     assert "per-channel" in ciphertext_only_attack(schemes.create("pixel", Key.from_seed(1), per_channel=True))
-    assert "no ciphertext-only attack" in ciphertext_only_attack(schemes.create("etc", Key.from_seed(1)))
-    assert "pixel" in CIPHERTEXT_ONLY
+    rotating = schemes.create("block", Key.from_seed(1), rotate=True, shuffle="shared")
+    assert "no ciphertext-only attack" in ciphertext_only_attack(rotating)
+    assert type(ciphertext_only_attack(schemes.create("etc", Key.from_seed(1)))).__name__ == "BlockChain"
+    assert "pixel" in CIPHERTEXT_ONLY and "block" in CIPHERTEXT_ONLY
 
 
 def test_chain_on_pixel_beats_chance_and_per_image_permutations_stay_near_it():
@@ -62,5 +64,17 @@ def test_reidentify_reports_the_variant_or_why_not():
     r = attack.run(scheme=schemes.create("pixel-np", Key.from_seed(3)), **kw)
     assert 0.0 <= r.metrics["ciphertext-only/eigenfaces/top1"] <= 1.0
     assert r.cost.ciphertexts == 400 and not r.details["not_applicable"]
-    r = attack.run(scheme=schemes.create("etc", Key.from_seed(3)), **kw)
+    r = attack.run(scheme=schemes.create("block", Key.from_seed(3), rotate=True, shuffle="shared"), **kw)
     assert "ciphertext-only" in r.details["not_applicable"]
+
+
+def test_chain_on_block_schemes_gives_the_faces_back():
+    g, gl, p, pl = _small_faces()
+    crop = lambda x: x[..., :28, :20]  # noqa: E731  (4x4 blocks tile 28x20)
+    g, p = crop(g), crop(p)
+    for name in ("etc", "le"):
+        s = schemes.create(name, Key.from_seed(4))
+        held = torch.cat([s.encrypt(p), s.encrypt(g)])
+        recon, _ = recover_from_ciphertexts(s, held, s.encrypt(p), g, seconds=1)
+        glance = _top1(g, gl, s.encrypt(p), pl)
+        assert _top1(g, gl, recon, pl) >= glance + 0.3, name  # the key falls, the faces come back

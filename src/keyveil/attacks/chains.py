@@ -16,10 +16,10 @@ from collections.abc import Callable
 import torch
 
 from ..schemes import Scheme
-from .base import Attack, AttackResult
+from .base import Attack, AttackError, AttackResult
 from .ciphertext_only import CiphertextOnly, grid_symmetries
 
-__all__ = ["CIPHERTEXT_ONLY", "ciphertext_only_attack", "recover_from_ciphertexts", "orient_like"]
+__all__ = ["CIPHERTEXT_ONLY", "BlockChain", "ciphertext_only_attack", "recover_from_ciphertexts", "orient_like"]
 
 
 def _pixel(scheme: Scheme, seconds: float) -> Attack | str:
@@ -28,8 +28,52 @@ def _pixel(scheme: Scheme, seconds: float) -> Attack | str:
     return CiphertextOnly(flips=bool(scheme.negapos), anneal_seconds=seconds)
 
 
+class BlockChain(Attack):
+    """Fixed-key block schemes from ciphertexts alone: the attack that fits each preset.
+
+    ``etc``/``block``: :class:`~.jigsaw_shared.SharedKeyJigsaw`; ``vit``: its shared in-block shuffle by
+    template matching (:class:`~.nibble_layout.NibbleLayout` on values), then the jigsaw on the whole blocks;
+    ``le``/``ele``: :class:`~.nibble_layout.NibbleLayout` on nibbles. The templates come from ``public``
+    plain images of the same kind (the attacker's own photos).
+    """
+
+    def __init__(self, scheme: Scheme, max_values: int = 16384) -> None:
+        self.scheme, self.max_values = scheme, int(max_values)
+
+    def run(self, *, ciphertexts: torch.Tensor, test_encrypted: torch.Tensor,
+            public: torch.Tensor | None = None) -> AttackResult:
+        from .jigsaw_shared import SharedKeyJigsaw
+        from .nibble_layout import NibbleLayout
+
+        s, m = self.scheme, self.scheme.block_size
+        if s.nibbles or s.shuffle == "shared":
+            if public is None:
+                raise AttackError("matching a block's inside needs public plain images of the same kind")
+            inside = NibbleLayout(block_size=m, nibbles=bool(s.nibbles), per_block=s.shuffle == "per_block").run(
+                ciphertexts=ciphertexts, public=public, test_encrypted=torch.cat([ciphertexts, test_encrypted]))
+            if not s.scramble or s.nibbles:  # LE keeps blocks in place; ELE's are placed by the matching
+                return AttackResult("ciphertext-only", reconstructions=inside.reconstructions[len(ciphertexts):],
+                                    cost=inside.cost)
+            whole = inside.reconstructions
+            ciphertexts, test_encrypted = whole[: len(ciphertexts)], whole[len(ciphertexts):]
+            jig = SharedKeyJigsaw(block_size=m, max_values=self.max_values)
+        else:
+            jig = SharedKeyJigsaw(block_size=m, rotations=s.rotate, negapos=s.negapos == "block",
+                                  channel_orders=s.channel_shuffle, max_values=self.max_values)
+        return jig.run(ciphertexts=ciphertexts, test_encrypted=test_encrypted)
+
+
+def _block(scheme: Scheme, seconds: float) -> Attack | str:
+    if scheme.negapos not in (None, "block", "shared", "independent"):
+        return f"no ciphertext-only attack for this block preset (negapos={scheme.negapos!r})"
+    if scheme.rotate and (scheme.nibbles or scheme.shuffle is not None):
+        return "rotated blocks with an in-block shuffle: no ciphertext-only attack implemented"
+    return BlockChain(scheme)
+
+
 CIPHERTEXT_ONLY: dict[str, Callable[[Scheme, float], Attack | str]] = {
     "pixel": _pixel,
+    "block": _block,
 }
 """Scheme name -> a factory ``(scheme, seconds)`` of the ciphertext-only attack that fits it, or the
 reason there is none (``seconds``: CPU budget of any time-bounded search in it).
@@ -100,6 +144,9 @@ def recover_from_ciphertexts(scheme: Scheme | None, ciphertexts: torch.Tensor, t
     attack = ciphertext_only_attack(scheme, seconds)
     if isinstance(attack, str):
         return attack
-    result = attack.run(ciphertexts=ciphertexts, test_encrypted=targets)
+    if isinstance(attack, BlockChain):
+        result = attack.run(ciphertexts=ciphertexts, test_encrypted=targets, public=reference)
+    else:
+        result = attack.run(ciphertexts=ciphertexts, test_encrypted=targets)
     negations = bool(getattr(attack, "flips", False))
     return orient_like(result.reconstructions, reference, negations=negations), result

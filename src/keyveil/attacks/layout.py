@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import random
 import time
 
 import torch
@@ -270,3 +271,54 @@ def refine_flips(layout: torch.Tensor, samples: torch.Tensor, h: int, w: int, wh
             z[:, change] = white - z[:, change]
             toggle[change] ^= True
     return toggle
+
+
+def grid_score(layout: torch.Tensor, corr: torch.Tensor, h: int, w: int) -> float:
+    """Summed ``corr`` of the grid neighbours that ``layout`` (cell -> unit) puts side by side."""
+    g = layout.view(h, w)
+    return float(corr[g[:, :-1], g[:, 1:]].sum() + corr[g[:-1, :], g[1:, :]].sum())
+
+
+def anneal_swaps(
+    layout: torch.Tensor, corr: torch.Tensor, h: int, w: int, *, seconds: float, radius: int, seed: int,
+    t_start: float = 0.1, t_end: float = 0.001,
+) -> tuple[torch.Tensor, int]:
+    """Simulated annealing over swaps of nearby cells, maximizing the summed
+    correlation of grid neighbours. Runs for ``seconds`` of CPU time (the keyed
+    ViT's weight-smoothness attack, :mod:`.model_key_vit`, lays out its small grids with it).
+
+    A scalar loop on purpose: each step touches 8 table entries, which plain
+    Python lists do faster than any tensor call.
+    """
+    rng = random.Random(seed)
+    table = corr.tolist()
+    g = layout.tolist()
+    nbrs = [
+        [a * w + b for a, b in ((i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1)) if 0 <= a < h and 0 <= b < w]
+        for i in range(h) for j in range(w)
+    ]
+
+    def local(cell: int, v: int, other: int, ov: int) -> float:
+        row = table[v]
+        return sum(row[ov if q == other else g[q]] for q in nbrs[cell])
+
+    n, steps, temp = h * w, 0, t_start
+    start = time.process_time()
+    while True:
+        if steps % 1024 == 0:
+            elapsed = time.process_time() - start
+            if elapsed >= seconds:
+                break
+            temp = t_start * (t_end / t_start) ** (elapsed / seconds)
+        steps += 1
+        a = rng.randrange(n)
+        i, j = divmod(a, w)
+        bi, bj = i + rng.randint(-radius, radius), j + rng.randint(-radius, radius)
+        if not (0 <= bi < h and 0 <= bj < w) or (bi == i and bj == j):
+            continue
+        b = bi * w + bj
+        va, vb = g[a], g[b]
+        delta = local(a, vb, b, va) + local(b, va, a, vb) - local(a, va, b, vb) - local(b, vb, a, va)
+        if delta >= 0 or rng.random() < math.exp(delta / temp):
+            g[a], g[b] = vb, va
+    return torch.tensor(g, dtype=torch.int64), steps

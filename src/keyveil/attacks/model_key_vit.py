@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import AttackError, RecoveredPermutation
-from .ciphertext_only import _anneal, _grid_score, grid_symmetries
+from .ciphertext_only import grid_symmetries
+from .layout import anneal_swaps, grid_score
 
 __all__ = ["fold_from_buffers", "fold_from_weights", "fold_to_permutation", "best_candidate", "VitFold"]
 
@@ -82,8 +83,8 @@ def _layout(sim: torch.Tensor, h: int, w: int, *, seconds: float, restarts: int,
     gen = torch.Generator().manual_seed(seed)
     for r in range(restarts):
         start = torch.randperm(n, generator=gen)
-        layout, _ = _anneal(start, sim, h, w, seconds=seconds / restarts, radius=max(h, w), seed=seed + r)
-        score = _grid_score(layout, sim, h, w)
+        layout, _ = anneal_swaps(start, sim, h, w, seconds=seconds / restarts, radius=max(h, w), seed=seed + r)
+        score = grid_score(layout, sim, h, w)
         if score > best_score:
             best, best_score = layout, score
     return best
