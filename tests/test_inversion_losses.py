@@ -76,3 +76,22 @@ def test_gan_step_updates_the_discriminator_and_perceptual_features_are_trained(
     assert float(obj.distance(x, x.flip(-1)).mean()) > 0
     with pytest.raises(AttackError, match="unknown loss"):
         LearnedInversion(loss="lpips")
+
+
+def test_scenario_gives_keyed_schemes_leaked_pairs_and_keyless_ones_self_made(one_thread, fashion):
+    import warnings
+
+    from keyveil.attacks.scenarios import make_scheme, run_scenario
+    from keyveil.keys import InsecureKeyWarning, Key
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureKeyWarning)
+        key = Key.from_seed(0)
+    opts = {"epochs": 2, "width": 4, "loss": "gan"}
+    keyed = run_scenario("learned-inversion", make_scheme("visualmixer-seed+pixel", fashion, key), fashion,
+                         n=64, test_n=8, options=opts)  # per-image, but its pixel step needs the victims' key
+    assert keyed.settings == {"train_images": 64, "leaked": 1, "loss": "gan"} and keyed.result.cost.pairs == 64
+    keyless = run_scenario("learned-inversion", make_scheme("visualmixer", fashion, key), fashion, n=64, test_n=8,
+                           options=opts)
+    assert keyless.settings["leaked"] == 0 and keyless.result.cost.pairs == 2 * 64  # fresh pairs every epoch
+    assert keyless.recovered.shape == keyless.originals.shape  # per-image reconstructions kept
