@@ -90,7 +90,7 @@ def test_scenario_gives_keyed_schemes_leaked_pairs_and_keyless_ones_self_made(on
     opts = {"epochs": 2, "width": 4, "loss": "gan"}
     keyed = run_scenario("learned-inversion", make_scheme("visualmixer-seed+pixel", fashion, key), fashion,
                          n=64, test_n=8, options=opts)  # per-image, but its pixel step needs the victims' key
-    assert keyed.settings == {"train_images": 64, "leaked": 1, "loss": "gan"} and keyed.result.cost.pairs == 64
+    assert keyed.settings == {"train_images": 64, "leaked": 1, "loss": "gan", "epochs": 2} and keyed.result.cost.pairs == 64
     keyless = run_scenario("learned-inversion", make_scheme("visualmixer", fashion, key), fashion, n=64, test_n=8,
                            options=opts)
     assert keyless.settings["leaked"] == 0 and keyless.result.cost.pairs == 2 * 64  # fresh pairs every epoch

@@ -117,7 +117,7 @@ class LearnedInversion(Attack):
     description = "U-Net trained on (encrypted, plain) pairs the attacker can make or has leaked"
 
     def __init__(self, *, epochs: int = 5, batch_size: int = 64, lr: float = 2e-3, width: int = 16,
-                 seed: int = 0, loss: str = "l1", perceptual_weight: float = 1.0,
+                 seed: int = 0, loss: str = "l1", perceptual_weight: float = 0.1,
                  adversarial_weight: float = 0.01, feature_epochs: int = 2) -> None:
         if epochs < 1 or batch_size < 1 or feature_epochs < 1:
             raise AttackError("epochs, batch_size and feature_epochs must be positive")

@@ -107,7 +107,7 @@ class PerceptualObjective:
         weight: weight of the feature term.
     """
 
-    def __init__(self, features: FeatureNet, *, weight: float = 1.0) -> None:
+    def __init__(self, features: FeatureNet, *, weight: float = 0.1) -> None:
         self.features, self.weight = features, float(weight)
 
     def distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -162,7 +162,8 @@ def run_scenario(
             r = attack_.run(train_encrypted=_encrypt(scheme, train, seed + 1), train_plain=train,
                             test_encrypted=enc, test_plain=test_x)
         return Scenario(attack, name, dataset, r, test_x, enc, r.reconstructions,
-                        {"train_images": len(train), "leaked": int(leaked), "loss": attack_.loss})
+                        {"train_images": len(train), "leaked": int(leaked), "loss": attack_.loss,
+                         "epochs": attack_.epochs})
     if attack == "membership":
         n = 1000 if n is None else n
         epochs = int(opts.pop("epochs", 30))
