@@ -6,6 +6,19 @@ scheme's code is public and needs no secret; for keyed schemes the attacker
 needs leaked pairs. The network learns whatever structure the scheme leaves:
 local statistics for window shuffles, patch contents for patch shuffles
 (Madono et al., "SIA-GAN", 2021, is the GAN version of this attack).
+
+``loss="perceptual"`` and ``loss="gan"`` train the same U-Net with the
+objectives of :mod:`keyveil.attacks.inversion_losses` (features of a network
+the attacker trains itself on its plain images; a conditional PatchGAN).
+
+LPIPS is not reported: no maintained implementation computes it offline.
+``lpips`` 0.1.4 ships only its linear heads (``lpips/weights/v0.1/alex.pth``)
+and builds its backbone with ``torchvision.models.alexnet(pretrained=True)``,
+which downloads ``https://download.pytorch.org/models/alexnet-owt-7be5be79.pth``;
+``piq`` 0.8.0's ``LPIPS`` downloads ``https://github.com/photosynthesis-team/
+photosynthesis.metrics/releases/download/v0.4.0/lpips_weights.pt`` (and VGG16
+from torchvision); ``piqa`` 1.3.2 downloads the same AlexNet file and the heads
+from GitHub. LPIPS with untrained backbone features would not be LPIPS.
 """
 
 from __future__ import annotations
@@ -19,6 +32,7 @@ from torch import nn
 from ..engine.loop import index_batches, train_loop
 from ..metrics.quality import psnr, ssim
 from .base import Attack, AttackError, AttackResult, Cost, measure, register_attack
+from .inversion_losses import LOSSES, GanObjective, PatchDiscriminator, PerceptualObjective, train_features
 
 __all__ = ["LearnedInversion", "UNet"]
 
@@ -81,6 +95,12 @@ class LearnedInversion(Attack):
         lr: Adam learning rate.
         width: U-Net width.
         seed: seed of the initialization and shuffling (reproducible figures).
+        loss: ``"l1"`` (pixels), ``"perceptual"`` (L1 plus the distance of features of an autoencoder
+            the attacker first trains on ``train_plain``, ``feature_epochs`` epochs) or ``"gan"``
+            (L1 plus a conditional PatchGAN's hinge loss, pix2pix).
+        perceptual_weight: weight of the feature term (``loss="perceptual"``).
+        adversarial_weight: weight of the adversarial term (``loss="gan"``).
+        feature_epochs: epochs of the attacker's feature network (``loss="perceptual"``).
 
     Examples:
         >>> import torch
@@ -97,9 +117,15 @@ class LearnedInversion(Attack):
     description = "U-Net trained on (encrypted, plain) pairs the attacker can make or has leaked"
 
     def __init__(self, *, epochs: int = 5, batch_size: int = 64, lr: float = 2e-3, width: int = 16,
-                 seed: int = 0) -> None:
-        if epochs < 1 or batch_size < 1:
-            raise AttackError("epochs and batch_size must be positive")
+                 seed: int = 0, loss: str = "l1", perceptual_weight: float = 0.1,
+                 adversarial_weight: float = 0.01, feature_epochs: int = 2) -> None:
+        if epochs < 1 or batch_size < 1 or feature_epochs < 1:
+            raise AttackError("epochs, batch_size and feature_epochs must be positive")
+        if loss not in LOSSES:
+            raise AttackError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+        self.loss = loss
+        self.perceptual_weight, self.adversarial_weight = float(perceptual_weight), float(adversarial_weight)
+        self.feature_epochs = int(feature_epochs)
         self.epochs = int(epochs)
         self.batch_size = int(batch_size)
         self.lr = float(lr)
@@ -124,8 +150,10 @@ class LearnedInversion(Attack):
                 epoch, as many as the attacker likes.
             train_encrypted: leaked encryptions of ``train_plain`` (keyed
                 schemes); exactly one of ``encrypt`` / ``train_encrypted``.
-            test_plain: originals, only to score (adds ``ssim``, ``psnr`` and
-                the no-attack baselines ``ssim_encrypted``, ``psnr_encrypted``).
+            test_plain: originals, only to score (adds ``ssim``, ``psnr``, the
+                no-attack baselines ``ssim_encrypted``, ``psnr_encrypted``, and
+                ``ssim_prior``: the SSIM of the mean training image, what a
+                network that learned nothing from the ciphertexts would output).
 
         Returns:
             An :class:`AttackResult` with the inverted test images (same dtype
@@ -155,15 +183,15 @@ class LearnedInversion(Attack):
                 for idx in index_batches(plain.shape[0], self.batch_size, generator=gen):
                     yield enc[idx], target[idx]
 
-            history = train_loop(net, opt, pairs, epochs=self.epochs,
-                                 loss_fn=lambda m, b: (F.l1_loss(m(b[0]), b[1]), {"n": len(b[0])}))
+            hooks = self._hooks(target, c)
+            history = train_loop(net, opt, pairs, epochs=self.epochs, **hooks)
             losses = [h["loss_sum"] / h["n"] for h in history]
             net.eval()
             with torch.no_grad():
                 out = torch.cat([net(_to_float(test_y[i: i + 256])) for i in range(0, len(test_y), 256)])
         recon = (out * 255).round().to(torch.uint8) if test_y.dtype == torch.uint8 else out.to(test_y.dtype)
         result = AttackResult(self.name, reconstructions=recon, cost=cost,
-                              details={"model": net, "train_loss": losses})
+                              details={"model": net, "train_loss": losses, "loss": self.loss})
         result.metrics["pairs"] = float(cost.pairs)
         if test_plain is not None:
             p = torch.as_tensor(test_plain)
@@ -171,4 +199,19 @@ class LearnedInversion(Attack):
             result.metrics["psnr"] = float(psnr(p, recon).mean())
             result.metrics["ssim_encrypted"] = float(ssim(p, test_y).mean())
             result.metrics["psnr_encrypted"] = float(psnr(p, test_y).mean())
+            prior = target.mean(0, keepdim=True).expand(p.shape).contiguous()
+            prior = (prior * 255).round().to(torch.uint8) if p.dtype == torch.uint8 else prior.to(p.dtype)
+            result.metrics["ssim_prior"] = float(ssim(p, prior).mean())
         return result
+
+    def _hooks(self, target: torch.Tensor, channels: int) -> dict:
+        """``train_loop``'s ``loss_fn`` (and ``step``) for ``self.loss``."""
+        if self.loss == "perceptual":
+            feats = train_features(target, epochs=self.feature_epochs, batch_size=self.batch_size,
+                                   width=self.width, seed=self.seed)
+            return {"loss_fn": PerceptualObjective(feats, weight=self.perceptual_weight)}
+        if self.loss == "gan":
+            gan = GanObjective(PatchDiscriminator(channels, width=self.width),
+                               adversarial_weight=self.adversarial_weight)
+            return {"loss_fn": gan.loss, "step": gan.step}
+        return {"loss_fn": lambda m, b: (F.l1_loss(m(b[0]), b[1]), {"n": len(b[0])})}

@@ -156,15 +156,19 @@ def run_scenario(
     if attack == "learned-inversion":
         train, _ = _data.load(dataset, "train", n)
         enc = _encrypt(scheme, test_x, seed)
-        if scheme.per_image:
+        attack_ = LearnedInversion(seed=seed, **opts)
+        leaked = bool(scheme.needs_key)
+        if not leaked:  # keyless: the public code makes as many fresh pairs as the attacker likes
             gen = torch.Generator().manual_seed(seed + 1)
-            r = LearnedInversion(seed=seed, **opts).run(
-                encrypt=lambda x: scheme.encrypt(x, generator=gen), train_plain=train,
-                test_encrypted=enc, test_plain=test_x)
-        else:  # keyed: the attacker needs leaked pairs
-            r = LearnedInversion(seed=seed, **opts).run(
-                train_encrypted=scheme.encrypt(train), train_plain=train, test_encrypted=enc, test_plain=test_x)
-        return Scenario(attack, name, dataset, r, test_x, enc, r.reconstructions, {"train_images": len(train)})
+            r = attack_.run(encrypt=lambda x: scheme.encrypt(x, generator=gen) if scheme.per_image else scheme.encrypt(x),
+                            train_plain=train,
+                            test_encrypted=enc, test_plain=test_x)
+        else:  # keyed (a keyed step in a composition too): the attacker needs leaked pairs under the key
+            r = attack_.run(train_encrypted=_encrypt(scheme, train, seed + 1), train_plain=train,
+                            test_encrypted=enc, test_plain=test_x)
+        return Scenario(attack, name, dataset, r, test_x, enc, r.reconstructions,
+                        {"train_images": len(train), "leaked": int(leaked), "loss": attack_.loss,
+                         "epochs": attack_.epochs})
     if attack == "membership":
         n = 1000 if n is None else n
         epochs = int(opts.pop("epochs", 30))

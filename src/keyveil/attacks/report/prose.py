@@ -88,11 +88,17 @@ SECTION_TEXT = {
               "'holds' means *this* simple greedy solver failed, not that the scheme is safe: published "
               "solvers (loop constraints, genetic search) do better, above all on larger images with more "
               "texture per block.",
-    "learned-inversion": "A two-level U-Net (width 8) trained on (encrypted, plain) pairs that the attacker "
-                         "makes itself with the public scheme code and fresh randomness per epoch; scored "
-                         "on held-out images (Fashion-MNIST test set; AT&T/ORL faces of people 36–40, never "
-                         "seen in training, centre-cropped to 96×80). The baseline is the SSIM of the "
-                         "encrypted image itself.",
+    "learned-inversion": "A two-level U-Net (width 8) trained on (encrypted, plain) pairs: for keyless schemes "
+                         "the attacker makes them itself with the public scheme code and fresh randomness per "
+                         "epoch; for keyed schemes (and compositions with a keyed step) it holds leaked pairs "
+                         "under the victims' key (the row says how many). Scored on held-out images "
+                         "(Fashion-MNIST test set; AT&T/ORL faces of people 36–40, never seen in training, "
+                         "centre-cropped to 96×80). Baselines: the SSIM of the encrypted image itself, and of "
+                         "the attacker's mean training image (what a network that learned nothing outputs). "
+                         "Rows marked 'perceptual' or 'GAN' train the same U-Net with L1 plus features of an "
+                         "autoencoder the attacker trained on its plain images, or plus a conditional PatchGAN "
+                         "(pix2pix; Ito et al.'s GAN inversion). LPIPS is not reported: `lpips`, `piq` and "
+                         "`piqa` download their backbone weights at first use (no network here).",
     "key-from-model": "Who must not hold a keyed model: anyone who must not read the client's images. A keyed CNN "
                       "(`keyveil.models.keyed`) runs the plain weights on scrambled maps, so it stores where "
                       "every pixel went; the keyed model, or a checkpoint saved with "

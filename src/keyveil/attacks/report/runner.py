@@ -186,14 +186,36 @@ def _jigsaw(r: Runner) -> None:
 
 
 def _inversion(r: Runner) -> None:
-    fig = lambda m: (f"SSIM {m['ssim']:.3f} vs {m['ssim_encrypted']:.3f} encrypted; "  # noqa: E731
-                     f"PSNR {m['psnr']:.1f} vs {m['psnr_encrypted']:.1f} dB")
-    fm = {"n": 500 if r.quick else 4000, "test_n": 100 if r.quick else 500,
-          "options": {"epochs": 1 if r.quick else 3, "width": 8}}
+    fig = lambda m: (f"SSIM {m['ssim']:.3f} vs {m['ssim_encrypted']:.3f} encrypted, {m['ssim_prior']:.3f} "  # noqa: E731
+                     f"mean image; PSNR {m['psnr']:.1f} vs {m['psnr_encrypted']:.1f} dB")
+    n_fm = 500 if r.quick else 4000  # keyed schemes: this many leaked (plain, encrypted) pairs under the key
+    fm = {"n": n_fm, "test_n": 100 if r.quick else 500, "options": {"epochs": 1 if r.quick else 3, "width": 8}}
     orl = {"n": None, "test_n": 50, "options": {"epochs": 1 if r.quick else 6, "width": 8, "batch_size": 16}}
+    made, leaked = "{pairs:.0f} self-made pairs", "{train_images} leaked pairs under the key"
     for name in ("patch", "mix", "visualmixer"):
-        r.run("learned-inversion", name, "fashion-mnist", fig, "{pairs:.0f} self-made pairs", **fm)
-        r.run("learned-inversion", name, "att-faces-heldout", fig, "{pairs:.0f} self-made pairs (people 1–35)", **orl)
+        r.run("learned-inversion", name, "fashion-mnist", fig, made, **fm)
+        r.run("learned-inversion", name, "att-faces-heldout", fig, made + " (people 1–35)", **orl)
+    for name in ("visualmixer-seed", "noise", "instahide"):  # keyless: the public code makes the pairs
+        r.run("learned-inversion", name, "fashion-mnist", fig, made, **fm)
+    for name in ("pixel", "pixel-np", "etc", "le", "ele", "vit", "block", "visualmixer-seed+pixel"):
+        r.run("learned-inversion", name, "fashion-mnist", fig, leaked, **fm)
+    from ...schemes import create
+
+    r.run("learned-inversion", "mix+pixel", "fashion-mnist", fig, leaked + " (mix 4-px patches)", **fm,
+          scheme=create("compose", r.key, steps=[("mix", {"patch_size": 4, "grid": 2}), "pixel"]))
+    # the field's stronger objectives (Ito et al.'s GAN inversion) against L1, the same U-Net trained as long
+    text = {"l1": "; L1 loss, {epochs} epochs",
+            "perceptual": "; L1 + features of an autoencoder the attacker trained on its plain images, {epochs} epochs",
+            "gan": "; L1 + conditional PatchGAN (hinge, pix2pix), {epochs} epochs"}
+    long = {**fm, "options": {**fm["options"], "epochs": 2 if r.quick else 10}}
+    for name in ("etc", "le", "visualmixer"):
+        for loss in ("l1", "perceptual", "gan"):
+            r.run("learned-inversion", name, "fashion-mnist", fig, (made if name == "visualmixer" else leaked)
+                  + text[loss], **{**long, "options": {**long["options"], "loss": loss}})
+    if not r.quick:
+        for loss in ("perceptual", "gan"):
+            r.run("learned-inversion", "visualmixer", "att-faces-heldout", fig, made + " (people 1–35)" + text[loss],
+                  **{**orl, "options": {**orl["options"], "loss": loss}})
 
 
 def _membership(r: Runner) -> None:
