@@ -103,6 +103,12 @@ def test_frontier_seeds_pool_successes_and_read_the_target_off_the_interval(tmp_
     assert one["target"]["no oracle"] == "met at the estimate only"
     # a keyless scheme is public: every attacker applies even without an oracle (adapted 10 % > 5 %)
     assert s["points"][2]["target"]["no oracle"] == "not met"
+    # a second run of seed 0 with an extra attacker joins that seed's row instead of counting as a seed
+    extra = _run(0, 0.5, 9.0)
+    extra["rows"][1]["reid"] = {"glance": 0.5, "ciphertext-only": 0.9}
+    joined = summarize_frontier([_run(0, 0.02, 1.0), extra])["points"][1]
+    assert joined["seeds"] == [0] and joined["reid"]["glance"].trials == 200 and joined["drop"] == [1.0]
+    assert joined["reid"]["ciphertext-only"].successes == 180 and joined["target"]["no oracle"] == "not met"
     # too costly: 3.0 points on average fails whatever the privacy
     costly = summarize_frontier([_run(k, 0.0, 3.0) for k in range(3)])["points"][1]
     assert costly["target"]["no oracle"] == "not met"

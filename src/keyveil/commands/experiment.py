@@ -62,6 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--resume", action="store_true",
                    help="reuse the points of an earlier frontier.json in --output measured with the same recipe")
     f.add_argument("--quiet", action="store_true")
+    f.add_argument("--variants", nargs="+", metavar="VARIANT",
+                   help="only these re-identification attackers (e.g. glance ciphertext-only for cheaper repeats "
+                   "over seeds; default: all)")
     f.add_argument("--gather", nargs="+", metavar="FOLDER",
                    help="measure nothing: join the frontier.json of these folders (one run per --seed) into "
                    "frontier-seeds.md/.json in --output: drops over the seeds, pooled re-identification rates "
@@ -247,7 +250,12 @@ def run_frontier_cmd(args: argparse.Namespace) -> int:
     for label, v in (("--epochs", args.epochs), ("--limit", args.limit), ("--batch-size", args.batch_size)):
         if v is not None and v < 1:
             raise ValueError(f"{label} must be >= 1, got {v}")
-    data = run_frontier(points=points, epochs=args.epochs, limit=args.limit, test_limit=args.test_limit,
+    attack = None
+    if args.variants:
+        from ..attacks import Reidentify
+
+        attack = Reidentify(variants=args.variants, cnn_epochs=30, adapted_draws=2, seed=args.seed)
+    data = run_frontier(points=points, epochs=args.epochs, limit=args.limit, test_limit=args.test_limit, attack=attack,
                         batch_size=args.batch_size, seed=args.seed, out_dir=args.output, resume=args.resume,
                         progress=not args.quiet, log=_log)
     _print_done(data)

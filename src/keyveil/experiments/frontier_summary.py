@@ -101,7 +101,7 @@ def summarize_frontier(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             by_point.setdefault(k, []).append((int(run["recipe"]["seed"]), row))
     points = []
     for k in order:
-        seeded = sorted(by_point[k], key=lambda t: t[0])
+        seeded = _one_row_per_seed(by_point[k])
         rows = [r for _, r in seeded]
         drops = [float(r["drop_points"]) for r in rows]
         accs = [max(float(r["accuracy"]), float(r.get("keyed_accuracy") or 0.0)) for r in rows]
@@ -116,6 +116,18 @@ def summarize_frontier(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         points.append(point)
     return {"points": points, "probes": probes, "chance": chance,
             "seeds": sorted({int(r["recipe"]["seed"]) for r in runs}), "recipe": runs[0]["recipe"]}
+
+
+def _one_row_per_seed(rows: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, dict[str, Any]]]:
+    """Runs of the same seed (a full run, then one of extra attackers) join: the first run's figures, plus the
+    attackers only a later run measured."""
+    out: dict[int, dict[str, Any]] = {}
+    for seed, row in rows:
+        if seed in out:
+            out[seed] = {**out[seed], "reid": {**row.get("reid", {}), **out[seed].get("reid", {})}}
+        else:
+            out[seed] = row
+    return sorted(out.items())
 
 
 def _target(point: dict[str, Any], row: dict[str, Any], threat: str) -> str:
