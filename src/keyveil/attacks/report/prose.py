@@ -7,24 +7,29 @@ __all__ = ["THREAT_MODEL", "SECTION_TEXT"]
 THREAT_MODEL = [
     "## Threat model",
     "",
-    "- **Client**: owns the images and, for keyed schemes (`pixel`, `etc`, `le`, `ele`, `vit`), the key. "
+    "- **Client**: owns the images and, for keyed schemes (`pixel`, `pixel-np`, `etc`, `le`, `ele`, `vit`, "
+    "`block`, and chains ending in `pixel`), the key. "
     "It encrypts before anything leaves its hands.",
     "- **Server / model owner**: receives encrypted images only, trains or serves the model. It is the "
     "adversary we measure: honest-but-curious, it sees every ciphertext, knows every scheme's code "
     "(Kerckhoffs), and may obtain some plain images (public datasets, leaked pairs) or submit images to be "
     "encrypted (a chosen-plaintext oracle: e.g. a client app that encrypts whatever the camera sees).",
-    "- **Keyed, fixed-key schemes** (`pixel`, `etc`, `le`, `ele`, `vit`) apply the *same* rearrangement "
-    "to every image. They are substitution-free ciphers: each output value is one input value. "
+    "- **Keyed, fixed-key schemes** (`pixel`, `pixel-np`, `etc`, `le`, `ele`, `vit`, `block`) apply the *same* "
+    "rearrangement to every image. They are substitution-free ciphers: each output value is one input value. "
     "They stop a human glancing at one image; they do **not** stop anyone with an encryption oracle "
-    "(a handful of crafted images recover the whole key), a few known pairs, or, for `pixel`, many "
-    "ciphertexts. Once the key is recovered, every past and future image is readable.",
+    "(a handful of crafted images recover the whole key), a few known pairs, or **the ciphertexts alone**: "
+    "a server that trains on a few hundred to a few thousand images under one key recovers the block "
+    "schemes' keys (`etc`, `block`: a jigsaw over all ciphertexts; `vit`: its in-block shuffle, then the jigsaw; "
+    "`le`/`ele`: their nibble shuffles matched to public image statistics) and most of `pixel`'s layout "
+    "(section ciphertext-only). Once the key is recovered, every past and future image is readable. Chains "
+    "such as `visualmixer-seed+pixel` give up their keyed step the same ways, up to the per-image step's cells.",
     "- **Keyless per-image schemes** (`patch`, `mix`, `visualmixer`) use fresh randomness per image, so "
     "there is no key to recover; but the scheme is public, so anybody can make unlimited training pairs "
     "and learn to invert what the scheme leaves (patch contents, local statistics, window means). "
     "`patch` keeps every patch intact: a jigsaw solver reassembles it.",
-    "- **A keyed model is the key.** A keyed CNN (and a checkpoint saved with key material) stores the key's "
-    "permutations as buffers; anyone holding it reads the key off them, or recovers it by running the model "
-    "on three probe images, in every mode. Only the key holder, or a party already trusted with the plain "
+    "- **A keyed model is the key.** A keyed CNN, keyed detector or keyed ViT (and a checkpoint saved with key "
+    "material) stores the key's permutations as buffers; anyone holding it reads the key off them, or, for the "
+    "CNNs and the detector, recovers it by running the model on three probe images, in every mode. Only the key holder, or a party already trusted with the plain "
     "images, may hold a keyed model; serving one on an untrusted server gives that server the key. "
     "`keyveil convert` and `save_keyed` write no key material by default (plain weights, settings and the key's "
     "fingerprint; the key re-attaches on load); `--with-key-material` / `include_key_material=True` writes a "
@@ -33,8 +38,9 @@ THREAT_MODEL = [
     "in place; InstaHide's mixtures fall to Carlini et al.'s attack once the attacker sees each private image "
     "in several encodings, as a server does over training epochs (section instahide).",
     "- **Re-identification** is the question a user asks (\"can someone tell who is in my image?\"): every "
-    "scheme is measured on AT&T faces against a glance, an adapted attacker, a learned inversion and key "
-    "recovery (section reidentify); the weakest of these bounds the scheme's privacy.",
+    "scheme is measured on AT&T faces against a glance, an adapted attacker, a learned inversion, the "
+    "ciphertext-only chain (recover what the 400 encrypted faces give away, then recognize) and key recovery "
+    "(section reidentify); the weakest of these bounds the scheme's privacy.",
     "- **No scheme protects membership**: a model trained on encrypted data over-fits its training set as "
     "much as a plain one, so loss-threshold membership inference works the same.",
     "- Out of scope: side channels, the security of the machine holding the key, and formal privacy "
