@@ -274,7 +274,7 @@ def _model_key(r: Runner) -> None:
 def _reidentify(r: Runner) -> None:
     def fig(m: dict[str, float]) -> str:
         cells = []
-        for v in ("glance", "adapted", "inverted", "key-recovery"):
+        for v in ("glance", "adapted", "inverted", "ciphertext-only", "key-recovery"):
             best = max((val for k, val in m.items() if k.startswith(f"{v}/") and k.endswith("/top1")), default=None)
             cells.append(f"{v} {'n/a' if best is None else _pct(best)}")
         worst = _pct(m["worst_top1"])
