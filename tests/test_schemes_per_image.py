@@ -121,3 +121,26 @@ def test_keyed_invariant_vit_with_a_learned_position_table_follows_a_block_scram
         keyed(net, key, scheme="vit+patch")
     with pytest.raises(KeyedModelError, match="per-block|same in-block"):
         keyed(_inv_vit(), key, scheme=schemes.create("etc", key))
+
+
+def test_scenarios_attack_what_applies_and_say_why_not():
+    from keyveil.attacks.base import AttackError
+    from keyveil.attacks.scenarios import run_scenario
+
+    bpi = schemes.create("block-per-image", block_size=4)
+    for attack, why in (("chosen-plaintext", "no key to recover"), ("known-plaintext", "no key to recover"),
+                        ("ciphertext-only", "no fixed layout"), ("key-from-model", "no key in the model")):
+        with pytest.raises(AttackError, match=why):
+            run_scenario(attack, bpi, "fashion-mnist", test_n=2)
+    jig = run_scenario("jigsaw", bpi, "fashion-mnist", test_n=2)
+    assert jig.settings["images"] == 2 and 0 <= jig.result.metrics["direct"] <= 1
+    key = Key.generate()
+    vp = schemes.create("vit+patch", key, steps=[("vit", {"scramble": False, "block_size": 4}),
+                                                  ("patch", {"patch_size": 4})])
+    cp = run_scenario("chosen-plaintext", vp, "fashion-mnist", test_n=3)
+    # the keyed in-patch step falls to 2 tiled chosen images; what is left is the fresh patch order
+    assert cp.result.metrics["fraction_recovered_with_flips"] == 1.0 and cp.result.cost.queries == 2
+    assert torch.equal(cp.recovered, vp.steps[0].decrypt(cp.encrypted))
+    wrong = schemes.create("vit+patch", Key.generate(), steps=[("vit", {"scramble": False, "block_size": 4}),
+                                                                ("patch", {"patch_size": 4})])
+    assert not torch.equal(cp.recovered, wrong.steps[0].decrypt(cp.encrypted))  # negative control

@@ -128,7 +128,8 @@ class BlockPerImage(_PatchGeometry):
         m = self.block_size
         k = self._keys_for(x, generator, nonce)
         blocks = to_patches(x, m)
-        blocks = torch.gather(blocks, 1, k.order.view(b, -1, 1, 1, 1).expand(-1, -1, c, m, m))
+        n = blocks.shape[1]
+        blocks = torch.gather(blocks, 1, k.order.view(b, n, 1, 1, 1).expand(-1, -1, c, m, m))
         if self.rotate:
             blocks = self._turn(blocks, k.turn, inverse=False)
         if self.negapos:
@@ -154,8 +155,8 @@ class BlockPerImage(_PatchGeometry):
             blocks = self._negate(blocks, k.negate)
         if self.rotate:
             blocks = self._turn(blocks, k.turn, inverse=True)
-        inv = invert_permutation(k.order)
-        return from_patches(torch.gather(blocks, 1, inv.view(b, -1, 1, 1, 1).expand(-1, -1, c, m, m)), h, w)
+        inv = invert_permutation(k.order).view(b, blocks.shape[1], 1, 1, 1)
+        return from_patches(torch.gather(blocks, 1, inv.expand(-1, -1, c, m, m)), h, w)
 
     def key_space_bits(self, shape: Sequence[int]) -> float:
         """Bits of one image's key (every image has its own)."""
