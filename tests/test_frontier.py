@@ -20,13 +20,23 @@ def test_frontier_sweep_on_a_tiny_subset(tmp_path):
     points = [p for p in POINTS if (p.scheme, p.label) in {("pixel", "fixed-key pixel shuffle"),
                                                             ("visualmixer", "window 1/4"), ("patch", "patches 1/8"),
                                                             ("visualmixer-seed+pixel",
-                                                             "seed VisualMixer, then keyed pixel")}]
+                                                             "seed VisualMixer, then keyed pixel"),
+                                                            ("vit+patch", "patches 1/8, keyed in-patch + patch order")}]
     attack = Reidentify(cnn_epochs=2, inversion_epochs=1, components=8, chain_seconds=0.5)
     kw = dict(points=points, epochs=1, limit=200, test_limit=100, dataset="mnist5k", faces=_tiny_faces(),
               attack=attack, out_dir=tmp_path, progress=False)
     data = run_frontier(**kw)
-    rows = {r["scheme"]: r for r in data["rows"]}
-    assert list(rows) == ["plain", "pixel", "visualmixer-seed+pixel", "visualmixer", "patch"]
+    rows = {r["scheme"]: r for r in data["rows"] if r["label"] == "no encryption" or r["scheme"] != "plain"}
+    assert list(rows) == ["plain", "pixel", "visualmixer-seed+pixel", "visualmixer", "patch", "vit+patch"]
+    # the ViT points' fair reference: plain images on the same inv-ViT, added once for both
+    (vit_plain,) = [r for r in data["rows"] if r["scheme"] == "plain" and r["label"] != "no encryption"]
+    assert vit_plain["model_spec"] == ["inv-ViT", "patch", 4] == rows["patch"]["model_spec"]
+    assert vit_plain["drop_same_arch_points"] == 0 and vit_plain["reid"] == rows["plain"]["reid"]
+    assert rows["patch"]["same_arch_plain_accuracy"] == vit_plain["accuracy"]
+    assert rows["pixel"]["drop_same_arch_points"] == rows["pixel"]["drop_points"]  # small CNN: the same reference
+    # the plain inv-ViT, keyed with the in-patch key, classifies vit+patch images as it classifies plain ones
+    assert rows["vit+patch"]["keyed_accuracy"] == vit_plain["accuracy"]
+    assert rows["vit+patch"]["drop_same_arch_points"] <= 0
     plain, pixel = rows["plain"], rows["pixel"]
     assert plain["drop_points"] == 0 and set(plain["reid"]) == {"glance"}
     # the keyed plain model classifies pixel-encrypted images exactly as the plain model classifies plain ones

@@ -53,6 +53,12 @@ class Point:
     strength: float | None
     options: Callable[[int], dict[str, Any]]
     keyed_model: bool = False
+    arch: tuple[Any, ...] | None = None  # plain same-architecture baselines only: the model spec they train
+
+    @property
+    def is_reference(self) -> bool:
+        """The plain small-CNN row every ``drop (points)`` is measured against."""
+        return self.scheme == "plain" and self.arch is None
 
     def make(self, key: Key, side: int) -> Scheme | None:
         if self.scheme == "plain":
@@ -85,6 +91,12 @@ def _mix(f: float, grid: int) -> Callable[[int], dict[str, Any]]:
     return lambda side: {"patch_size": _px(f, side, multiple=grid), "grid": grid}
 
 
+def _vit_patch(f: float) -> Callable[[int], dict[str, Any]]:
+    """``vit+patch`` with both steps' sizes ``f`` of the side (the secret in-patch step, then the patch order)."""
+    return lambda side: {"steps": [("vit", {"scramble": False, "block_size": _px(f, side)}),
+                                   ("patch", {"patch_size": _px(f, side)})]}
+
+
 POINTS: tuple[Point, ...] = (
     Point("plain", "no encryption", None, lambda side: {}),
     Point("pixel", "fixed-key pixel shuffle", None, lambda side: {}, keyed_model=True),
@@ -108,6 +120,10 @@ POINTS: tuple[Point, ...] = (
     Point("mix", "patches 1/4, 2x2 sub-patches", 1 / 4, _mix(1 / 4, 2)),
     Point("mix", "patches 1/4, 4x4 sub-patches", 1 / 4, _mix(1 / 4, 4)),
     Point("mix", "patches 1/2, 4x4 sub-patches", 1 / 2, _mix(1 / 2, 4)),
+    Point("block-per-image", "blocks 1/8, turns + negative-positive", 1 / 8, _sized("block_size", 1 / 8)),
+    Point("block-per-image", "blocks 1/4, turns + negative-positive", 1 / 4, _sized("block_size", 1 / 4)),
+    Point("vit+patch", "patches 1/8, keyed in-patch + patch order", 1 / 8, _vit_patch(1 / 8), keyed_model=True),
+    Point("vit+patch", "patches 1/4, keyed in-patch + patch order", 1 / 4, _vit_patch(1 / 4), keyed_model=True),
     Point("noise", "sigma 0.1", None, lambda side: {"sigma": 0.1}),
     Point("noise", "sigma 0.25", None, lambda side: {"sigma": 0.25}),
     Point("instahide", "k=2", None, lambda side: {"k": 2}),
@@ -118,17 +134,56 @@ POINTS: tuple[Point, ...] = (
 FASHION_SIDE = 32  # Fashion-MNIST zero-padded to 32x32, as in ``experiment schemes``
 
 
-def _model(point: Point, scheme: Scheme | None, ds: ImageDataset) -> tuple[torch.nn.Module, str]:
-    kw = dict(in_channels=ds.channels, num_classes=ds.num_classes)
-    if point.scheme in ("patch", "mix"):
-        from ..models import mix_invariant_vit, patch_invariant_vit
+def model_spec(point: Point, scheme: Scheme | None) -> tuple[Any, ...]:
+    """The architecture a point trains: ``("smallcnn",)`` or ``("inv-ViT", embedding, patch size, ...)``.
 
-        p = scheme.patch_size
-        if point.scheme == "patch":
-            return patch_invariant_vit(image_size=tuple(ds.size), patch_size=p, dim=64, depth=4, heads=4, **kw), "inv-ViT"
-        return mix_invariant_vit(image_size=tuple(ds.size), patch_size=p, grid=scheme.grid, dim=64, depth=4, heads=4,
-                                 **kw), "inv-ViT"
-    return build_model("smallcnn", image_size=ds.size, **kw), "smallcnn"
+    Points with equal specs train the same architecture; the plain row of a spec is their fair baseline.
+    """
+    if point.arch is not None:
+        return point.arch
+    if point.scheme == "patch":
+        return ("inv-ViT", "patch", scheme.patch_size)
+    if point.scheme == "mix":
+        return ("inv-ViT", "mix", scheme.patch_size, scheme.grid)
+    if point.scheme == "block-per-image":
+        return ("inv-ViT", "block", scheme.block_size, scheme.rotate, scheme.negapos)
+    if point.scheme == "vit+patch":
+        return ("inv-ViT", "patch", scheme.steps[1].patch_size)
+    return ("smallcnn",)
+
+
+def spec_label(spec: Sequence[Any]) -> str:
+    """``smallcnn``, ``inv-ViT(patch, p=4)``, ``inv-ViT(block, p=4, turns, np)``..."""
+    if spec[0] == "smallcnn":
+        return "smallcnn"
+    extra = {"mix": lambda: [f"grid={spec[3]}"],
+             "block": lambda: ["turns"] * bool(spec[3]) + ["np"] * bool(spec[4])}.get(spec[1], list)()
+    return f"inv-ViT({', '.join([spec[1], f'p={spec[2]}', *extra])})"
+
+
+def build_spec(spec: Sequence[Any], ds: ImageDataset) -> torch.nn.Module:
+    """A fresh model of ``spec`` for ``ds`` (seed first); ViTs are dim 64, depth 4, 4 heads."""
+    kw = dict(in_channels=ds.channels, num_classes=ds.num_classes)
+    if spec[0] == "smallcnn":
+        return build_model("smallcnn", image_size=ds.size, **kw)
+    from ..models import block_invariant_vit, mix_invariant_vit, patch_invariant_vit
+
+    vit = dict(image_size=tuple(ds.size), patch_size=spec[2], dim=64, depth=4, heads=4, **kw)
+    if spec[1] == "patch":
+        return patch_invariant_vit(**vit)
+    if spec[1] == "mix":
+        return mix_invariant_vit(grid=spec[3], **vit)
+    return block_invariant_vit(rotate=spec[3], negapos=spec[4], **vit)
+
+
+def same_arch_baseline(spec: tuple[Any, ...]) -> Point:
+    """The plain-images point that trains ``spec`` (the fair reference of the points that train it)."""
+    return Point("plain", f"no encryption, {spec_label(spec)}", None, lambda side: {}, arch=tuple(spec))
+
+
+def _model(point: Point, scheme: Scheme | None, ds: ImageDataset) -> tuple[torch.nn.Module, str]:
+    spec = model_spec(point, scheme)
+    return build_spec(spec, ds), spec_label(spec)
 
 
 def _keyed_step(scheme: Scheme | None) -> tuple[Scheme | None, Any]:
@@ -150,6 +205,7 @@ def measure_utility(point: Point, key: Key, train: ImageDataset, test: ImageData
     comes before it (plain images for ``pixel`` itself) and converted with that step's key."""
     scheme = point.make(key, FASHION_SIDE)
     trained_on, pixel = _keyed_step(scheme) if point.keyed_model else (scheme, None)
+    folded = point.keyed_model and pixel is None  # vit+patch: the key folds into the same-arch plain model
 
     def encrypted(ds: ImageDataset, s: Scheme | None, test_set: bool) -> ImageDataset:
         if s is None:
@@ -167,8 +223,8 @@ def measure_utility(point: Point, key: Key, train: ImageDataset, test: ImageData
         train_instahide(model, scheme, train, epochs=epochs, batch_size=batch_size, seed=seed, progress=progress)
         out.update(accuracy=instahide_accuracy(model, scheme, test), model=arch, trained=model)
         return out
-    if pixel is not None and trained_on is None and plain_model is not None:
-        model, arch = plain_model, "smallcnn"  # the plain model, converted with the key: no retraining
+    if (folded or (pixel is not None and trained_on is None)) and plain_model is not None:
+        model, arch = plain_model, _model(point, scheme, train)[1]  # the plain model, converted: no retraining
         seed_everything(seed)
         r = fit(_model(point, scheme, train)[0], encrypted(train, scheme, False),
                 test_set=encrypted(test, scheme, True), epochs=epochs, batch_size=batch_size, seed=seed,
@@ -181,6 +237,12 @@ def measure_utility(point: Point, key: Key, train: ImageDataset, test: ImageData
                 epochs=epochs, batch_size=batch_size, seed=seed, progress=progress, device="cpu")
         out["accuracy"] = r.history[-1]["test_accuracy"]
     out.update(model=arch, trained=model)
+    if folded and plain_model is not None:
+        from ..models import keyed
+
+        converted = keyed(plain_model, scheme.key, scheme=scheme)
+        out["keyed_accuracy"] = float((predict(converted, encrypted(test, scheme, True)) == test.targets)
+                                      .double().mean())
     if pixel is not None:
         from ..models import keyed
 
@@ -339,9 +401,12 @@ def run_frontier(
         warnings.simplefilter("ignore")
         key = Key.from_seed(seed)
     points = list(points)
-    if not any(p.scheme == "plain" for p in points):
+    if not any(p.is_reference for p in points):
         points.insert(0, POINTS[0])
-    points.sort(key=lambda p: p.scheme != "plain")
+    specs = {model_spec(p, p.make(key, FASHION_SIDE)) for p in points if p.scheme != "plain"}
+    have = {p.arch for p in points if p.scheme == "plain"}
+    points += [same_arch_baseline(s) for s in sorted(specs, key=repr) if s[0] != "smallcnn" and s not in have]
+    points.sort(key=lambda p: (not p.is_reference, p.scheme != "plain"))
     faces = faces if faces is not None else face_split()
     attack = attack if attack is not None else Reidentify(cnn_epochs=30, adapted_draws=2, seed=seed)
     train = PaddedDataset(create_dataset(dataset, "train").limit(limit), 16)
@@ -353,33 +418,45 @@ def run_frontier(
               "attack": repr(attack)}
     earlier = _earlier_rows(Path(out_dir) / "frontier.json", recipe) if resume else {}
     rows: list[dict[str, Any]] = []
-    plain_acc, plain_model = None, None
+    plain_acc, plain_rows = None, {}  # plain rows by model spec: the same-architecture references
     for point in points:
         t = Timer()
+        spec = model_spec(point, point.make(key, FASHION_SIDE))
         if point.scheme != "plain" and (point.scheme, point.label) in earlier:
             old = earlier[(point.scheme, point.label)]
             made = point.make(key, FASHION_SIDE)
             if old["options_fashion"] == made.config["params"]:
                 old.setdefault("worst_top1_no_oracle", _worst_without_oracle(made.key is not None, old["reid"]))
-                rows.append({**old, "reused": True})
+                rows.append({**old, "reused": True, "model_spec": list(spec)})
                 log(f"  {point.scheme:<12} {point.label:<30} reused from the earlier frontier.json")
                 continue
+        base = plain_rows.get(spec)
         u = measure_utility(point, key, train, test, epochs=epochs, batch_size=batch_size, seed=seed, progress=progress,
-                     plain_model=plain_model)
-        if point.scheme == "plain":
-            plain_acc, plain_model = u["accuracy"], u["trained"]
-        q = measure_privacy(point, key, faces, attack)
+                            plain_model=None if base is None else base["trained"])
+        if point.is_reference:
+            plain_acc = u["accuracy"]
+        if point.scheme == "plain":  # plain images on a ViT: the reference's privacy, nothing else to measure
+            plain_rows[spec] = {"trained": u["trained"], "accuracy": u["accuracy"]}
+        q = {**rows[0]} if point.scheme == "plain" and not point.is_reference else None
+        q = measure_privacy(point, key, faces, attack) if q is None else {
+            k: q[k] for k in ("reid", "worst_top1", "worst_top5", "worst_top1_no_oracle", "chance", "best_view",
+                              "not_applicable", "options_faces", "attack_cpu_s")}
         best_acc = max(u["accuracy"], u.get("keyed_accuracy", 0.0))
         row = {"scheme": point.scheme, "label": point.label, "strength": point.strength,
                "options_fashion": {} if point.scheme == "plain" else point.make(key, FASHION_SIDE).config["params"],
                "model": u["model"], "accuracy": u["accuracy"], "keyed_accuracy": u.get("keyed_accuracy"),
-               "drop_points": 100 * (plain_acc - best_acc), **q, "cpu_s": t.cpu, "wall_s": t.wall}
+               "drop_points": 100 * (plain_acc - best_acc), "model_spec": list(spec), **q, "cpu_s": t.cpu,
+               "wall_s": t.wall}
         rows.append(row)
         reid = ", ".join(f"{k} {100 * v:.1f}" for k, v in q["reid"].items())
         log(f"  {point.scheme:<12} {point.label:<30} acc {100 * u['accuracy']:.2f} %"
             + (f" (keyed {100 * u['keyed_accuracy']:.2f} %)" if u.get("keyed_accuracy") is not None else "")
             + f"  drop {row['drop_points']:.2f}  re-id top-1 % [{reid}]  worst {100 * q['worst_top1']:.1f}"
             f"  ({t.cpu:.0f} s CPU)")
+    for r in rows:  # the fair utility of ViT-based schemes: against plain images on the same architecture
+        base = plain_rows.get(tuple(r["model_spec"]), {"accuracy": plain_acc})["accuracy"]
+        best = max(r["accuracy"], r.get("keyed_accuracy") or 0.0)
+        r.update(same_arch_plain_accuracy=base, drop_same_arch_points=100 * (base - best))
     front = set(pareto_front([(r["drop_points"], r["worst_top1"]) for r in rows]))
     for i, r in enumerate(rows):
         r["pareto"] = i in front
@@ -402,10 +479,12 @@ def frontier_markdown(data: dict[str, Any]) -> str:
     variants = ("glance", "adapted", "inverted", "key-recovery", "instahide-attack")
     table = markdown_table(
         ["#", "scheme", "setting", "Fashion-MNIST options", "faces options", "model", "accuracy (%)", "keyed model (%)",
-         "drop (points)", *[f"re-id {v} (%)" for v in variants], "worst re-id top-1 (%)",
+         "drop (points)", "same-arch plain (%)", "drop vs same arch (points)", *[f"re-id {v} (%)" for v in variants], "worst re-id top-1 (%)",
          "worst without an oracle (%)", "inversion SSIM", "Pareto"],
         [[str(i), r["scheme"], r["label"], _opts(r["options_fashion"]), _opts(r["options_faces"]), r["model"],
           f"{100 * r['accuracy']:.2f}", _pct(r["keyed_accuracy"]), f"{r['drop_points']:.2f}",
+          _pct(r.get("same_arch_plain_accuracy")),
+          "—" if r.get("drop_same_arch_points") is None else f"{r['drop_same_arch_points']:.2f}",
           *[_pct(r["reid"].get(v)) for v in variants], f"**{100 * r['worst_top1']:.1f}**",
           _pct(r["worst_top1_no_oracle"]),
           "—" if r.get("inversion_ssim") is None else f"{r['inversion_ssim']:.3f}", "yes" if r["pareto"] else ""]
@@ -419,8 +498,10 @@ def frontier_markdown(data: dict[str, Any]) -> str:
             + (f" ({reused} reused from an earlier run with `--resume`)" if reused else "") + ".\n\n"
             f"Utility: {recipe['dataset']}, {recipe['train_images']} training / {recipe['test_images']} test images "
             f"padded to {height}x{width}, {recipe['epochs']} epochs, batch {recipe['batch_size']}, Adam "
-            "(the `experiment schemes` recipe); drop against plain, using the keyed model's accuracy where one "
-            "applies. Privacy: re-identification on AT&T faces "
+            "(the `experiment schemes` recipe). 'drop (points)': against plain images on the small CNN (row 1), "
+            "using the keyed model's accuracy where one applies (its meaning is unchanged). 'drop vs same arch': "
+            "against plain images on the point's own model (the `plain` row of that model): for an exactly "
+            "invariant ViT the drop against the CNN is the architecture's cost, not the scheme's. Privacy: re-identification on AT&T faces "
             f"({recipe['faces'][0]} gallery / {recipe['faces'][1]} probe photos, chance {100 * chance:.1f} %), best "
             "top-1 over recognizers (eigenfaces, CNN) and views (blur, pooling) per attacker variant; — = not "
             "applicable. 'Without an oracle': for keyed schemes only the glance attacker (adapted, inverted and "

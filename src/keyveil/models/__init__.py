@@ -7,7 +7,10 @@
   encrypted images as the plain model on plain ones, useless without the key.
 * :func:`validate` — every operation a CNN conversion cannot carry, in one list.
 * :func:`patch_invariant_vit`, :func:`mix_invariant_vit` — Hao et al.'s models,
-  invariant to the per-image ``patch`` and ``mix`` schemes (no key needed).
+  invariant to the per-image ``patch`` and ``mix`` schemes (no key needed);
+  :func:`block_invariant_vit` — invariant to ``block-per-image`` (a fresh key
+  per image). A patch-order-invariant ViT converted with :func:`keyed` follows
+  the keyed-plus-invariant ``vit+patch`` exactly.
 * :func:`save_keyed` / :func:`load_keyed` — checkpoints with or without the key material.
 """
 
@@ -16,9 +19,11 @@ from __future__ import annotations
 from .checkpoint import load_keyed, save_keyed
 from .errors import KeyedModelError, SelfCheckError, UnsupportedModelError, UnsupportedOp
 from .invariant import (
+    BlockInvariantPatchEmbed,
     InvariantViT,
     MixInvariantPatchEmbed,
     ReferencePositionalEncoding,
+    block_invariant_vit,
     create_invariant_vit,
     mix_invariant_vit,
     patch_invariant_vit,
@@ -36,7 +41,9 @@ __all__ = [
     "load_keyed",
     "patch_invariant_vit",
     "mix_invariant_vit",
+    "block_invariant_vit",
     "create_invariant_vit",
+    "BlockInvariantPatchEmbed",
     "InvariantViT",
     "MixInvariantPatchEmbed",
     "ReferencePositionalEncoding",

@@ -10,6 +10,12 @@
   of each patch, then GELU and a 1×1 conv. Mixing the sub-patches with a
   doubly-stochastic matrix keeps that mean (the conv is affine and rows and
   columns of the matrix sum to one), so the embedding is invariant to ``mix``.
+* **Block-group embedding** (for ``block-per-image``, our reading of the Kiya
+  lab's restricted random permutations): ``mean_g act(W·(g x) + b)`` over the
+  group ``g`` of the 8 rotations/flips of a patch (and its negative–positive
+  ``x -> 1 - x``), then a 1×1 conv. A group average is invariant to every
+  element of the group; with the reference positional encoding the logits are
+  invariant to the scheme's fresh block order, rotations/flips and signs.
 
 Examples:
     >>> import torch
@@ -29,14 +35,17 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
     "ReferencePositionalEncoding",
     "MixInvariantPatchEmbed",
+    "BlockInvariantPatchEmbed",
     "InvariantViT",
     "patch_invariant_vit",
     "mix_invariant_vit",
+    "block_invariant_vit",
     "create_invariant_vit",
     "INVARIANT_VIT_CONFIGS",
 ]
@@ -113,6 +122,43 @@ class MixInvariantPatchEmbed(nn.Module):
         return self.proj(self.act(self.pool(self.sub(x))))
 
 
+class BlockInvariantPatchEmbed(nn.Module):
+    """A patch embedding invariant to each patch's rotations/flips and negative–positive transform.
+
+    ``proj(mean_g GELU(conv(g x)))`` over the 8 rotations/flips ``g`` of the
+    p×p patch (``rotate``) and, with ``negapos``, over ``x -> 1 - x`` too
+    (inputs in [0, 1]). The group acts on the kernel instead of the input:
+    ``<W, g x> = <g⁻¹ W, x>``, and ``<W, 1 - x> = ΣW - <W, x>``, so one conv
+    with the 8 turned kernels gives every member's pre-activation.
+
+    Shape:
+        ``(B, C, H, W) -> (B, dim, H/p, W/p)``.
+    """
+
+    def __init__(self, *, patch_size: int, in_channels: int, dim: int, hidden: int | None = None,
+                 rotate: bool = True, negapos: bool = True) -> None:
+        super().__init__()
+        hidden = hidden or dim
+        self.patch_size, self.hidden, self.rotate, self.negapos = patch_size, hidden, rotate, negapos
+        self.sub = nn.Conv2d(in_channels, hidden, patch_size, stride=patch_size)
+        self.act = nn.GELU()
+        self.proj = nn.Conv2d(hidden, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.sub.weight, self.sub.bias
+        turns = range(8) if self.rotate else range(1)
+        bank = torch.cat([torch.rot90(w, k % 4, dims=(-2, -1)).flip(-1) if k >= 4 else torch.rot90(w, k, dims=(-2, -1))
+                          for k in turns])  # (G*hidden, C, p, p)
+        pre = F.conv2d(x, bank, stride=self.patch_size)  # (B, G*hidden, h, w), no bias
+        g = len(turns)
+        pre = pre.view(x.shape[0], g, self.hidden, *pre.shape[-2:])
+        bias = b.view(1, 1, -1, 1, 1)
+        acts = self.act(pre + bias)
+        if self.negapos:  # <W, 1 - x> + b = sum(W) + b - <W, x>, the same sum for every turn
+            acts = torch.cat((acts, self.act(w.sum((1, 2, 3)).view(1, 1, -1, 1, 1) + bias - pre)), dim=1)
+        return self.proj(acts.mean(1))
+
+
 class _Block(nn.Module):
     """Pre-norm transformer block (attention + MLP); permutation-equivariant over tokens."""
 
@@ -140,12 +186,14 @@ class InvariantViT(nn.Module):
         num_classes: classifier outputs.
         dim: token width. depth: blocks. heads: attention heads.
         mlp_dim: MLP hidden width (default ``4*dim``).
-        embedding: ``"patch"`` (a conv with kernel = stride = p) or ``"mix"``
-            (:class:`MixInvariantPatchEmbed`).
+        embedding: ``"patch"`` (a conv with kernel = stride = p), ``"mix"``
+            (:class:`MixInvariantPatchEmbed`) or ``"block"``
+            (:class:`BlockInvariantPatchEmbed`, with rotations/flips and negative–positive).
         grid: s for the ``"mix"`` embedding.
         position: ``"reference"`` (:class:`ReferencePositionalEncoding`,
             patch-order invariant), ``"learned"`` (a learned table, as ViT) or ``None``.
         dropout: dropout rate in attention and MLP.
+        block_rotate, block_negapos: the group of the ``"block"`` embedding.
 
     With ``position="reference"`` (or ``None``) the logits are invariant to any
     permutation of the patches; with ``embedding="mix"`` they are invariant to
@@ -167,6 +215,8 @@ class InvariantViT(nn.Module):
         grid: int = 4,
         position: str | None = "reference",
         dropout: float = 0.0,
+        block_rotate: bool = True,
+        block_negapos: bool = True,
     ) -> None:
         super().__init__()
         h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
@@ -174,8 +224,8 @@ class InvariantViT(nn.Module):
             raise ValueError(f"image size {h}x{w} is not divisible by patch_size {patch_size}")
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
-        if embedding not in ("patch", "mix"):
-            raise ValueError(f"embedding must be 'patch' or 'mix', got {embedding!r}")
+        if embedding not in ("patch", "mix", "block"):
+            raise ValueError(f"embedding must be 'patch', 'mix' or 'block', got {embedding!r}")
         if position not in ("reference", "learned", None):
             raise ValueError(f"position must be 'reference', 'learned' or None, got {position!r}")
         self.image_size, self.patch_size, self.num_classes = (h, w), patch_size, num_classes
@@ -183,6 +233,9 @@ class InvariantViT(nn.Module):
         n = (h // patch_size) * (w // patch_size)
         if embedding == "patch":
             self.patch_embed: nn.Module = PatchEmbed(patch_size, in_channels, dim)
+        elif embedding == "block":
+            self.patch_embed = BlockInvariantPatchEmbed(patch_size=patch_size, in_channels=in_channels, dim=dim,
+                                                        rotate=block_rotate, negapos=block_negapos)
         else:
             self.patch_embed = MixInvariantPatchEmbed(patch_size=patch_size, grid=grid, in_channels=in_channels,
                                                       dim=dim)
@@ -229,6 +282,17 @@ def mix_invariant_vit(**config: Any) -> InvariantViT:
     config.setdefault("embedding", "mix")
     config.setdefault("position", "learned")
     return InvariantViT(**config)
+
+
+def block_invariant_vit(*, rotate: bool = True, negapos: bool = True, **config: Any) -> InvariantViT:
+    """A ViT invariant to ``block-per-image`` (same ``block_size`` as ``patch_size``, ``rotate``, ``negapos``).
+
+    The block-group embedding (:class:`BlockInvariantPatchEmbed`) and the
+    reference positional encoding (no positional order): the logits are the
+    same for every per-image key. Takes :class:`InvariantViT`'s arguments.
+    """
+    config.setdefault("position", "reference")
+    return InvariantViT(embedding="block", block_rotate=rotate, block_negapos=negapos, **config)
 
 
 INVARIANT_VIT_CONFIGS: dict[str, dict[str, Any]] = {

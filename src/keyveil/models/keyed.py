@@ -37,6 +37,7 @@ from ..schemes.block import BlockScramble
 from ..schemes.pixel import PixelShuffle
 from .analyzer import analyze_model
 from .errors import KeyedModelError, SelfCheckError, UnsupportedModelError, UnsupportedOp
+from .invariant import InvariantViT
 from .keyed_cnn import CNN_MODES, keyed_cnn, unflip_input
 
 __all__ = ["keyed", "KeyedConfig", "validate", "self_check", "resolve_input_size"]
@@ -47,7 +48,7 @@ class KeyedConfig:
     """How a keyed model was made; travels with it as ``model.keyveil_config`` (no secret).
 
     Attributes:
-        kind: ``"cnn"`` or ``"vit"``.
+        kind: ``"cnn"``, ``"vit"`` or ``"inv-vit"``.
         scheme: the registered scheme name (``"pixel"``, ``"vit"``, ...).
         scheme_params: the scheme's options.
         mode: ``"input"``, ``"features"`` or ``"deformable"`` (``"fold"`` for ViTs).
@@ -117,8 +118,12 @@ def _resolve_scheme(scheme: str | Scheme, key: Key, model: nn.Module) -> Scheme:
         return scheme
     if not isinstance(scheme, str):
         raise TypeError(f"scheme must be a name or a keyveil Scheme, got {type(scheme).__name__}")
+    p = int(getattr(model, "patch_size", 16))
     if scheme == "vit":
-        return create("vit", key, block_size=int(getattr(model, "patch_size", 16)))
+        return create("vit", key, block_size=p)
+    if scheme == "vit+patch":
+        return create("vit+patch", key, steps=[("vit", {"scramble": False, "block_size": p}),
+                                               ("patch", {"patch_size": p})])
     return create(scheme, key)
 
 
@@ -156,11 +161,13 @@ def keyed(
             returns maps (segmentation-style, e.g. torchvision
             ``fcn_resnet50``: its resizes are keyed and the maps it returns,
             also inside dicts, are un-scrambled at the end), or a torchvision
-            ``VisionTransformer``.
+            ``VisionTransformer``, or an :class:`~keyveil.models.InvariantViT`
+            with the ``patch`` embedding (a block step folded into it; with the
+            chain ``vit+patch`` the per-image patch order is ignored).
         key: the secret key the images are encrypted with.
         scheme: ``"pixel"`` (CNNs) or ``"vit"`` (a ViT; the block preset with
             block size = the ViT's patch size), or a scheme instance made with
-            ``key``.
+            ``key`` (``create("vit+patch", key, ...)`` for an order-invariant ViT).
         mode: for CNNs, ``"input"`` (un-scramble once at the input; works for
             any model), ``"features"`` (feature maps stay scrambled) or
             ``"deformable"`` (PrivDL's deformable operators). Ignored for ViTs
@@ -224,7 +231,14 @@ def keyed(
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     sch = _resolve_scheme(scheme, key, model)
     name = getattr(sch, "registered_name", sch.name)
-    if isinstance(sch, BlockScramble):
+    if isinstance(model, InvariantViT):
+        from .keyed_invariant import keyed_invariant_vit
+
+        out = keyed_invariant_vit(model, sch, mean=mean, std=std)
+        cfg = KeyedConfig("inv-vit", name, sch.params_dict(), "fold", (_first_in_channels(model), *model.image_size),
+                          key.fingerprint, mean=None if mean is None else tuple(float(v) for v in mean),
+                          std=None if std is None else tuple(float(v) for v in std))
+    elif isinstance(sch, BlockScramble):
         if not _is_torchvision_vit(model):
             raise KeyedModelError(
                 f"scheme {name!r} (block-wise) folds into a torchvision VisionTransformer only; "

@@ -28,7 +28,7 @@ from ..keys import Key
 from ..schemes.block import BlockScramble
 from .errors import KeyedModelError
 
-__all__ = ["block_fold", "keyed_vit", "vit_plain_state"]
+__all__ = ["block_fold", "fold_patch_conv", "keyed_vit", "vit_plain_state"]
 
 
 def block_fold(scheme: BlockScramble, chw: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -84,6 +84,38 @@ def _stats(v: Sequence[float] | None, c: int, default: float) -> torch.Tensor:
     return t.clone()
 
 
+def fold_patch_conv(conv: nn.Conv2d, src: torch.Tensor, flip: torch.Tensor, *, mean: Sequence[float] | None = None,
+                    std: Sequence[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold one in-patch transform (``src``, ``flip`` of :func:`block_fold`) into a patch-embedding conv, in place.
+
+    ``conv`` (kernel = stride = p) then gives on encrypted patches (normalized
+    with ``mean``/``std`` per encrypted channel) what it gave on plain ones.
+    Returns ``(scale, shift)``: encrypted element ``j`` is ``plain[src[j]] * scale[j] + shift[j]``
+    in normalized units, inverted by :func:`vit_plain_state`.
+    """
+    c, p = conv.in_channels, conv.kernel_size[0]
+    m, s = _stats(mean, c, 0.0), _stats(std, c, 1.0)
+    d = c * p * p
+    cj = torch.arange(d) // (p * p)
+    ci = src // (p * p)
+    sign = torch.where(flip, -1.0, 1.0).double()
+    f = flip.double()
+    scale = sign * s[cj] / s[ci]
+    shift = (sign * (m[cj] - f) - m[ci]) / s[ci]
+    weight = conv.weight.detach().double().reshape(conv.out_channels, d)
+    new_w = weight[:, src] * scale[None, :].to(weight.device)
+    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros(conv.out_channels,
+                                                                                 dtype=torch.float64)
+    new_b = bias + weight[:, src] @ shift.to(weight.device)
+    with torch.no_grad():
+        conv.weight.copy_(new_w.reshape_as(conv.weight).to(conv.weight.dtype))
+        if conv.bias is None:
+            conv.bias = nn.Parameter(new_b.to(conv.weight.dtype))
+        else:
+            conv.bias.copy_(new_b.to(conv.weight.dtype))
+    return scale, shift
+
+
 def keyed_vit(
     model: nn.Module, key: Key, scheme: BlockScramble, *, mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
@@ -100,27 +132,9 @@ def keyed_vit(
     c = conv.in_channels
     size = int(model.image_size)
     order, src, flip = block_fold(scheme, (c, size, size))
-    m, s = _stats(mean, c, 0.0), _stats(std, c, 1.0)
-    d = c * p * p
-    cj = torch.arange(d) // (p * p)
-    ci = src // (p * p)
-    sign = torch.where(flip, -1.0, 1.0).double()
-    f = flip.double()
-    scale = sign * s[cj] / s[ci]
-    shift = (sign * (m[cj] - f) - m[ci]) / s[ci]
-
     out = copy.deepcopy(model)
-    weight = conv.weight.detach().double().reshape(conv.out_channels, d)
-    new_w = weight[:, src] * scale[None, :].to(weight.device)
-    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros(conv.out_channels,
-                                                                                 dtype=torch.float64)
-    new_b = bias + weight[:, src] @ shift.to(weight.device)
+    scale, shift = fold_patch_conv(out.conv_proj, src, flip, mean=mean, std=std)
     with torch.no_grad():
-        out.conv_proj.weight.copy_(new_w.reshape_as(conv.weight).to(conv.weight.dtype))
-        if out.conv_proj.bias is None:
-            out.conv_proj.bias = nn.Parameter(new_b.to(conv.weight.dtype))
-        else:
-            out.conv_proj.bias.copy_(new_b.to(conv.weight.dtype))
         pos = out.encoder.pos_embedding
         rows = torch.cat((torch.zeros(1, dtype=torch.long), 1 + order)).to(pos.device)
         pos.copy_(pos[:, rows])

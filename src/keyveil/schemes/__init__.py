@@ -28,7 +28,7 @@ from .registry import (
 )
 
 # Importing a scheme module registers its schemes.
-from . import pixel, block, hao, visualmixer, compose, baselines  # noqa: E402,F401  isort: skip
+from . import pixel, block, hao, per_image_block, visualmixer, compose, baselines  # noqa: E402,F401  isort: skip
 from .compose import ComposedScheme, chain  # noqa: E402  isort: skip
 
 __all__ = [

@@ -43,6 +43,17 @@ Presets (a keyless per-image step, then the keyed ``pixel`` step):
     Hao's MI-invariant ViT is not a model :func:`~keyveil.models.keyed`
     converts.
 
+``vit+patch``
+    A keyed-plus-invariant composition (**our reading** of issue 20): the
+    ``vit`` block step without its block scramble (a secret in-patch pixel
+    permutation and negative–positive mask, the same for every p×p patch), then
+    a fresh order of the patches per image (``patch``). An order-invariant ViT
+    (:func:`keyveil.models.patch_invariant_vit`) converted with
+    ``keyed(model, key, scheme=scheme)`` folds the block step into its patch
+    embedding and ignores the patch order: on ``vit+patch`` images it gives
+    the plain model's logits on plain images (tests/test_schemes_per_image.py).
+    The two steps' sizes must match (``block_size`` = ``patch_size``, default 16).
+
 Not a preset: ``visualmixer`` with its defaults then ``pixel``. The default
 window is the whole image, and a uniformly random permutation per image
 followed by a fixed one is again uniformly random: the chain's output has
@@ -338,4 +349,10 @@ register_preset(
     "mix+pixel", ComposedScheme,
     "mix (Hao et al. MI), then a keyed pixel shuffle (keyed CNNs follow the pixel step exactly)",
     steps=("mix", "pixel"),
+)
+register_preset(
+    "vit+patch", ComposedScheme,
+    "keyed in-patch shuffle + NP mask (vit without block scramble), then a fresh patch order per image "
+    "(a keyed order-invariant ViT follows it exactly)",
+    steps=(("vit", {"scramble": False}), "patch"),
 )
