@@ -26,7 +26,10 @@ from .truth import score_permutation
 __all__ = ["Scenario", "run_scenario", "SCENARIOS", "make_scheme", "plain_baseline"]
 
 # Scheme options that fit each dataset's image size (patch sizes must divide it).
-_SMALL = {"patch": {"patch_size": 4}, "mix": {"patch_size": 4, "grid": 2}, "vit": {"block_size": 4}}
+_SMALL = {"patch": {"patch_size": 4}, "mix": {"patch_size": 4, "grid": 2}, "vit": {"block_size": 4},
+          "vit+patch": {"steps": (("vit", {"scramble": False, "block_size": 4}), ("patch", {"patch_size": 4}))},
+          "mix+pixel": {"steps": (("mix", {"patch_size": 4, "grid": 2}), "pixel")},
+          "block-per-image": {"block_size": 4}}
 _CIFAR = {"patch": {"patch_size": 4}, "mix": {"patch_size": 8, "grid": 2}, "vit": {"block_size": 4}}
 _FIT: dict[str, dict[str, dict[str, Any]]] = {
     "fashion-mnist": _SMALL, "mnist5k": _SMALL,
@@ -132,12 +135,12 @@ def run_scenario(
         return _nibbles(scheme, dataset, test_x, n, opts)
     if attack == "ciphertext-only":
         n = 10_000 if n is None else n
-        opts.setdefault("flips", bool(getattr(scheme, "negapos", False)) is True)  # pixel-np's per-position flips
         train, _ = _data.load(dataset, "train", n)
         if name == "block" and scheme.shuffle == "shared":
             return _cot_inside_then_blocks(scheme, dataset, train, test_x, opts)
         if name == "block":
             return _cot_blocks(scheme, dataset, train, test_x, opts)
+        opts.setdefault("flips", bool(getattr(scheme, "negapos", False)) is True)  # pixel-np's per-position flips
         enc = scheme.encrypt(test_x)
         r = CiphertextOnly(**opts).run(ciphertexts=scheme.encrypt(train), test_encrypted=enc, test_plain=test_x,
                                        reference=scheme)
@@ -209,17 +212,25 @@ def _keyed_patches(attack: str, scheme: Scheme, step: Any, dataset: str, test_x:
         r = ChosenPlaintext(**opts).run(oracle=patch_view.tiled_oracle(scheme, tuple(test_x.shape[1:]), p),
                                         image_size=(p, p), channels=c)
         settings: dict[str, Any] = {"queries": r.cost.queries, "patch": p}
-    else:
+    else:  # the shared in-patch shuffle and flips, matched to a public template (as vit's and LE's)
+        from .nibble_layout import NibbleLayout
+
         n = 10_000 if n is None else n
-        train, _ = _data.load(dataset, "train", n)
-        r = CiphertextOnly(**opts).run(ciphertexts=patch_view.patches(_encrypt(scheme, train, seed + 1), p))
-        settings = {"ciphertexts": n, "patches": n * (test_x.shape[-2] // p) * (test_x.shape[-1] // p), "patch": p}
-    r.metrics.update(score_permutation(r.recovered, patch_view.patch_truth(step, tuple(test_x.shape[1:]))))
-    rec = patch_view.unpatch(r.decrypt(patch_view.patches(enc, p)), enc)
-    if attack == "ciphertext-only":  # scored on whole images: the in-patch step undone vs truly undone
+        public_n = int(opts.pop("public", 2000))
+        train, _ = _data.load(dataset, "train", n + public_n)
+        cipher, public = train[: len(train) - public_n], train[len(train) - public_n:]
+        r = NibbleLayout(nibbles=False, block_size=p, **opts).run(
+            ciphertexts=_encrypt(scheme, cipher, seed + 1), public=public, test_encrypted=enc)
+        rec = r.reconstructions
+        truth = step.decrypt(enc)  # the patch step's output: what undoing the keyed step should give
+        r.metrics["decrypted_exactly"] = float((rec == truth).flatten(1).all(1).double().mean())
         from ..metrics.quality import ssim
 
-        r.metrics["ssim_in_patch"] = float(ssim(rec, step.decrypt(enc)).mean())
+        r.metrics.update(ssim=float(ssim(rec, truth).mean()), ssim_encrypted=float(ssim(enc, truth).mean()))
+        settings = {"ciphertexts": len(cipher), "public": public_n, "patch": p}
+        return Scenario(attack, type(scheme).name, dataset, r, test_x, enc, rec, settings)
+    r.metrics.update(score_permutation(r.recovered, patch_view.patch_truth(step, tuple(test_x.shape[1:]))))
+    rec = patch_view.unpatch(r.decrypt(patch_view.patches(enc, p)), enc)
     return Scenario(attack, type(scheme).name, dataset, r, test_x, enc, rec, settings)
 
 
