@@ -19,6 +19,7 @@ from ...keys import Key
 from ...metrics.intervals import Rate
 from .._data import DEPRECATED_NAMES
 from ..scenarios import Scenario, make_scheme, plain_baseline, run_scenario
+from .calibrate import calibrate, describe
 from .markdown import Row, render
 from .verdicts import verdict
 
@@ -94,8 +95,9 @@ class Runner:
             tag = re.sub(r"[^A-Za-z0-9_-]+", "-", f"{section}-{label or scheme_name}-{dataset}{extra}").strip("-")
             pic = str(save_picture(sc, self.pictures / f"security-{tag}.png"))
         full = {**m, **sc.settings}  # the settings say how many trials (probes, pairs) the figures rest on
+        cal = calibrate(section, sc, scheme)  # every figure with its trial count and 95 % interval
         row = Row(section, label or scheme_name, dataset, figure(full), data.format(**full),
-                  sc.result.cost.cpu_seconds, verdict(section, full), pic)
+                  sc.result.cost.cpu_seconds, verdict(section, full, cal), pic, describe(cal))
         self.rows.append(row)
         self.log(f"{section:17s} {row.scheme:22s} {dataset:17s} {row.figure}  [{row.data}; attack {row.cpu_seconds:.2f} s "
                  f"CPU, scenario {cpu:.1f} s CPU]")
@@ -112,7 +114,7 @@ def _chosen(r: Runner) -> None:
 
     r.run("chosen-plaintext", "pixel", "photos", fig, "{queries} crafted images", test_n=6,
           scheme=create("pixel", r.key, per_channel=True), label="pixel per_channel")
-    for name in ("pixel-np", "etc", "vit", "le", "ele"):
+    for name in ("pixel-np", "etc", "vit", "le", "ele", "block"):
         r.run("chosen-plaintext", name, "photos", fig, "{queries} crafted images (3×224×224)", test_n=6)
 
 
@@ -156,15 +158,33 @@ def _inversion(r: Runner) -> None:
         r.run("learned-inversion", name, "att-faces-heldout", fig, "{pairs:.0f} self-made pairs (people 1–35)", **orl)
 
 
+def _inversion_keyless(r: Runner) -> None:
+    """Learned inversion of the keyless schemes :func:`_inversion` leaves out (same recipe and sizes)."""
+    fig = lambda m: (f"SSIM {m['ssim']:.3f} vs {m['ssim_encrypted']:.3f} encrypted; "  # noqa: E731
+                     f"PSNR {m['psnr']:.1f} vs {m['psnr_encrypted']:.1f} dB")
+    fm = {"n": 500 if r.quick else 4000, "test_n": 100 if r.quick else 500,
+          "options": {"epochs": 1 if r.quick else 3, "width": 8}}
+    for name in ("visualmixer-seed", "noise", "instahide"):
+        r.run("learned-inversion", name, "fashion-mnist", fig, "{pairs:.0f} self-made pairs", **fm)
+
+
+def _inversions(r: Runner) -> None:
+    _inversion(r)
+    _inversion_keyless(r)
+
+
 def _membership(r: Runner) -> None:
+    from ...schemes import list_schemes
+
     fig = lambda m: (f"AUC {m['auc']:.3f}, advantage {m['advantage']:.3f} "  # noqa: E731
                      f"(model test accuracy {_pct(m['test_accuracy'])})")
     n, epochs = (200, 5) if r.quick else (500, 40)
-    r.run("membership", "plain", "fashion-mnist", fig, "{members} members + as many non-members, "
-          "{epochs} epochs", scheme=plain_baseline(), n=n, test_n=n, options={"epochs": epochs})
-    for name in ("pixel", "patch", "mix", "visualmixer"):
-        r.run("membership", name, "fashion-mnist", fig, "{members} members + as many non-members, {epochs} epochs",
-              n=n, test_n=n, options={"epochs": epochs})
+    data = "{members} members + as many non-members, {epochs} epochs"
+    r.run("membership", "plain", "fashion-mnist", fig, data, scheme=plain_baseline(), n=n, test_n=n,
+          options={"epochs": epochs})
+    for name in list_schemes():  # every scheme, compositions and presets included
+        text = data + (" on InstaHide's mixed labels" if name == "instahide" else "")
+        r.run("membership", name, "fashion-mnist", fig, text, n=n, test_n=n, options={"epochs": epochs})
 
 
 def _model_key(r: Runner) -> None:
@@ -193,18 +213,15 @@ def _reidentify(r: Runner) -> None:
             worst = Rate.of(int(round(m["worst_top1"] * m["probes"])), int(m["probes"])).describe()
         return f"worst top-1 {worst} (top-5 {_pct(m['worst_top5'])}); " + ", ".join(cells)
 
-    from ...schemes import create, list_schemes
+    from ...schemes import list_schemes
 
     opts = {"variants": ("glance",), "recognizers": ("eigenfaces",)} if r.quick else {}
     data = "{gallery} plain gallery / {probes} encrypted probe photos, {people} people"
     r.run("reidentify", "plain", "att-faces", fig, data, scheme=plain_baseline(), test_n=6, options=opts)
     names = ["pixel", "pixel-np", "etc", "le", "ele", "vit", "patch", "mix", "visualmixer", "noise", "instahide"]
-    names += [n for n in list_schemes() if "+" in n]  # compositions
+    names += [n for n in list_schemes() if n not in names]  # block, presets (visualmixer-seed), compositions
     for name in names[:2] if r.quick else names:
         r.run("reidentify", name, "att-faces", fig, data, test_n=6, options=opts)
-    if not r.quick:
-        r.run("reidentify", "visualmixer", "att-faces", fig, data, scheme=create("visualmixer", ws_min=2, ws_max=8),
-              label="visualmixer ws 2..8 (seed)", test_n=6, options=opts)
 
 
 def _instahide(r: Runner) -> None:
@@ -228,7 +245,7 @@ def _instahide(r: Runner) -> None:
 
 
 _RUNNERS = {"reidentify": _reidentify, "chosen-plaintext": _chosen, "known-plaintext": _known, "ciphertext-only": _cot, "jigsaw": _jigsaw,
-            "learned-inversion": _inversion, "membership": _membership, "key-from-model": _model_key,
+            "learned-inversion": _inversions, "membership": _membership, "key-from-model": _model_key,
             "instahide": _instahide}
 
 

@@ -1,23 +1,90 @@
 """The report's verdicts: the thresholds that turn an attack's figures into "broken", "partly" or "holds".
 
-One function per question: :func:`verdict` reads a section's metrics,
-:func:`severity` orders verdicts (2 = the attack succeeds, 1 = partly, 0 =
-the scheme holds) so the summary table can show the worst per data set.
+One function per question: :func:`verdict` reads a section's figures — off
+their 95 % intervals (:mod:`.calibrate`) where it has them, so a verdict
+claims only what the interval shows — and :func:`severity` orders verdicts
+(2 = the attack succeeds, 1 = partly, 0 = the scheme holds) so the summary
+table can show the worst per data set. :data:`THRESHOLDS` holds every
+threshold, and :func:`threshold_text` writes them once in the report's header.
 
 Examples:
     >>> verdict("chosen-plaintext", {"fraction_recovered": 1.0})
     '**broken**: key fully recovered'
-    >>> verdict("membership", {"auc": 0.51}), severity("holds")
+    >>> verdict("membership", {"auc": 0.51}), severity("no measurable leak")
     ('no measurable leak', 0)
 """
 
 from __future__ import annotations
 
-from ...metrics.intervals import Rate
+from collections.abc import Mapping
+from typing import Any
+
+from ...metrics.intervals import VERDICT_RULES, Rate
 from ...metrics.intervals import verdict as rate_verdict
 from ...schemes.measured import FRONTIER_PLAIN
 
-__all__ = ["verdict", "severity", "not_measured"]
+__all__ = ["verdict", "severity", "not_measured", "THRESHOLDS", "threshold_text"]
+
+THRESHOLDS: dict[str, tuple[str, float, float]] = {
+    "chosen-plaintext": ("fraction of the key's units recovered", 0.9, 0.3),
+    "known-plaintext": ("fraction of the key's units recovered", 0.9, 0.3),
+    "key-from-model": ("fraction of the key's units recovered", 0.9, 0.3),
+    "ciphertext-only": ("fraction of grid neighbours rejoined", 0.3, 0.1),
+    "jigsaw": ("fraction of block edges rejoined", 0.5, 0.25),
+    "learned-inversion": ("mean SSIM gain over the encrypted image", 0.2, 0.05),
+    "membership": ("AUC of the loss-threshold attack", 0.55, 0.5),
+    "instahide": ("SSIM gain of the recovered faces over the encodings", 0.2, 0.05),
+}
+"""Section -> (what is compared, the bound the interval's lower end must reach for the bold verdict, the bound
+below which its upper end must stay for "holds"); membership reads "no measurable leak" off the lower end."""
+
+INSTAHIDE_REID = 0.10
+"""InstaHide is also broken when the recovered faces' re-identification lower bound exceeds this."""
+
+
+class _Point:
+    """A figure without an interval (an older report's row, a doctest): low = high = value."""
+
+    def __init__(self, v: float) -> None:
+        self.value = self.low = self.high = float(v)
+
+
+def _interval(cal: Mapping[str, Any] | None, key: str, value: float) -> Any:
+    return cal[key] if cal and key in cal else _Point(value)
+
+
+def _graded(section: str, iv: Any) -> int:
+    """2 when the interval's lower end reaches the section's bold threshold, 0 when its upper end stays below
+    the "holds" threshold, 1 otherwise."""
+    _, bold, holds = THRESHOLDS[section]
+    return 2 if iv.low >= bold else (0 if iv.high < holds else 1)
+
+
+def threshold_text() -> list[str]:
+    """The verdict rules, once, for the report's header (Markdown lines)."""
+    t = THRESHOLDS
+    pct = lambda v: f"{100 * v:.0f} %"  # noqa: E731
+    key = t["chosen-plaintext"]
+    out = [VERDICT_RULES + " Every other verdict, too, is read off the interval of the row's main figure "
+           "(95 %; the interval column gives each figure with its trials):", ""]
+    out.append(f"- chosen-plaintext, known-plaintext, key-from-model ({key[0]}): **broken** when the lower "
+               f"bound ≥ {pct(key[1])} (\"key fully recovered\" when every unit is), holds when the upper bound "
+               f"< {pct(key[2])}, partly between.")
+    for sec, words in (("ciphertext-only", "**leaks** layout"), ("jigsaw", "**falls**"),
+                       ("learned-inversion", "**structure recovered**")):
+        what, bold, holds = t[sec]
+        fmt = pct if sec != "learned-inversion" else (lambda v: f"{v:.2f}")
+        out.append(f"- {sec} ({what}): {words} when the lower bound ≥ {fmt(bold)}, holds when the upper bound "
+                   f"< {fmt(holds)}, partly between.")
+    what, bold, chance = t["membership"]
+    out.append(f"- membership ({what}, bootstrap over members and non-members): **leaks** when the lower bound "
+               f"≥ {bold:.2f}, no measurable leak when it is ≤ {chance:.2f} (chance), partly (a small leak) between.")
+    what, bold, holds = t["instahide"]
+    out.append(f"- instahide ({what}, or top-1 re-identification of the recovered faces): **broken** when the "
+               f"gain's lower bound ≥ {bold:.2f} or the re-identification's lower bound > {pct(INSTAHIDE_REID)}; "
+               f"holds when the gain's upper bound < {holds:.2f} and the re-identification's upper bound ≤ 2× "
+               "chance; partly otherwise.")
+    return out + [""]
 
 
 def severity(verdict: str) -> int:
@@ -25,22 +92,28 @@ def severity(verdict: str) -> int:
     return 2 if verdict.startswith("**") else (1 if verdict.startswith("partly") else 0)
 
 
-def verdict(section: str, m: dict[str, float]) -> str:
-    """The verdict of one measured row of ``section`` from its metrics ``m`` ("" for an unknown section)."""
-    if section in ("chosen-plaintext", "known-plaintext"):
+def verdict(section: str, m: Mapping[str, float], cal: Mapping[str, Any] | None = None) -> str:
+    """The verdict of one row of ``section`` from its metrics ``m`` and, where measured, the calibrated figures
+    ``cal`` of :func:`~keyveil.attacks.report.calibrate.calibrate` ("" for an unknown section)."""
+    if section in ("chosen-plaintext", "known-plaintext", "key-from-model"):
         f = m.get("fraction_recovered_with_flips", m["fraction_recovered"])
-        return "**broken**: key fully recovered" if f == 1.0 else (
-            "**broken**: most of the key" if f >= 0.9 else ("partly" if f >= 0.3 else "holds"))
+        g = _graded(section, _interval(cal, "key", f))
+        bold = ("**broken**: key fully recovered" if f == 1.0 else "**broken**: most of the key") \
+            if section != "key-from-model" or f < 1.0 else "**broken**: the model gives up the key"
+        return (bold, "partly", "holds")[2 - g]
     if section == "ciphertext-only":
-        return "**leaks** layout" if m["neighbour_accuracy"] >= 0.3 else "holds"
+        return ("holds", "partly", "**leaks** layout")[_graded(section, _interval(cal, "neighbour", m["neighbour_accuracy"]))]
     if section == "jigsaw":
-        return "**falls** (most edges rejoined)" if m["neighbour"] >= 0.5 else (
-            "partly" if m["neighbour"] >= 0.25 else "holds")
+        return ("holds", "partly", "**falls** (most edges rejoined)")[
+            _graded(section, _interval(cal, "neighbour", m["neighbour"]))]
     if section == "learned-inversion":
-        gain = m["ssim"] - m["ssim_encrypted"]
-        return "**structure recovered**" if gain >= 0.2 else ("partly" if gain >= 0.05 else "holds")
+        g = _graded(section, _interval(cal, "ssim_gain", m["ssim"] - m["ssim_encrypted"]))
+        return ("holds", "partly", "**structure recovered**")[g]
     if section == "membership":
-        return "**leaks** membership" if m["auc"] >= 0.55 else "no measurable leak"
+        iv = _interval(cal, "auc", m["auc"])
+        _, bold, chance = THRESHOLDS[section]
+        return "**leaks** membership" if iv.low >= bold else (
+            "no measurable leak" if iv.low <= chance else "partly: a small leak")
     if section == "reidentify":
         w, chance = m["worst_top1"], m["chance"]
         if "probes" in m:  # calibrated: read off the 95 % Wilson interval (metrics.intervals.VERDICT_RULES)
@@ -51,14 +124,12 @@ def verdict(section: str, m: dict[str, float]) -> str:
         return "holds (≤ 2× chance)" if w <= 2 * chance else (
             "partly (≤ 10 %)" if w <= 0.10 else "**re-identified**")
     if section == "instahide":
-        gain = m["recovered_ssim"] - m["encoded_ssim"]
-        reid = m.get("reid_recovered_top1", 0.0)
-        return "**broken**: private images recovered" if gain >= 0.2 or reid > 0.10 else (
-            "partly" if gain >= 0.05 or reid > 2 * m.get("reid_chance", 0.025) else "holds")
-    if section == "key-from-model":
-        f = m["fraction_recovered"]
-        return "**broken**: the model gives up the key" if f == 1.0 else (
-            "**broken**: most of the key" if f >= 0.9 else ("partly" if f >= 0.3 else "holds"))
+        rec, enc = _interval(cal, "recovered_ssim", m["recovered_ssim"]), _interval(cal, "encoded_ssim", m["encoded_ssim"])
+        reid = _interval(cal, "reid", m.get("reid_recovered_top1", 0.0))
+        _, bold, holds = THRESHOLDS[section]
+        if rec.low - enc.high >= bold or reid.low > INSTAHIDE_REID:
+            return "**broken**: private images recovered"
+        return "holds" if rec.high - enc.low < holds and reid.high <= 2 * m.get("reid_chance", 0.025) else "partly"
     return ""
 
 
@@ -90,4 +161,7 @@ def not_measured(section: str, scheme: str) -> str:
         return "not applicable: no block keeps its pixels together"
     if section == "instahide" and "instahide" not in steps:
         return "not applicable: the scheme does not mix images"
+    if section in ("chosen-plaintext", "known-plaintext") and len(steps) > 1 and steps[0].startswith(_KEYLESS):
+        return ("not run: the permutation attacks stop on this chain (its per-image first step makes every "
+                "image's rearrangement different: 'not a fixed-key permutation'); no attack on the chain yet")
     return "not run"
