@@ -14,7 +14,14 @@ from keyveil.attacks.report.markdown import Row, matrix_scheme, parse_report, re
 from keyveil.attacks.report.plan import plan_report, planned_cells
 from keyveil.attacks.report.verdicts import THRESHOLDS, threshold_text, verdict
 from keyveil.attacks.scenarios import Scenario, make_scheme
-from keyveil.metrics.intervals import Rate, Score, advantage, advantage_interval, auc_interval, wilson_interval
+from keyveil.metrics.intervals import (
+    Rate,
+    Score,
+    advantage,
+    advantage_interval,
+    auc_interval,
+    wilson_interval,
+)
 from keyveil.metrics.quality import ssim
 
 # Cells of the full report that other branches of issue 20 fill (the lead empties this list after merging them):

@@ -10,7 +10,7 @@ threshold, and :func:`threshold_text` writes them once in the report's header.
 Examples:
     >>> verdict("chosen-plaintext", {"fraction_recovered": 1.0})
     '**broken**: key fully recovered'
-    >>> verdict("membership", {"auc": 0.51}), severity("no measurable leak")
+    >>> verdict("membership", {"auc": 0.5}), severity("no measurable leak")
     ('no measurable leak', 0)
 """
 
