@@ -46,7 +46,9 @@ def test_security_report_quick_section(tmp_path):
     text = md.read_text()
     assert "## Threat model" in text and "QUICK RUN" in text
     assert "keyveil security-report --only chosen-plaintext" in text
-    assert "| pixel | cifar10-sample | 100.0 % of the key | 2 crafted images (3×32×32)" in text
+    assert ("| pixel | cifar10-sample | 100.0 % of the key | key units recovered 100.00 % [99.88, 100.00] "
+            "(n=3072 units); images decrypted exactly 100.0 % [61.0, 100.0] (n=6 images) | 2 crafted images "
+            "(3×32×32)") in text
     assert len(list((tmp_path / "pics").glob("security-*.png"))) >= 8
 
 

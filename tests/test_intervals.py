@@ -63,5 +63,5 @@ def test_security_report_reidentify_verdicts_are_read_off_the_interval():
     assert report_verdict("reidentify", {**at_chance, "probes": 600}).startswith("holds")
     assert report_verdict("reidentify", {"worst_top1": 0.93, "chance": 0.025, "probes": 200}) == "**re-identified**"
     assert not_measured("key-from-model", "etc").startswith("not applicable")
-    assert not_measured("known-plaintext", "visualmixer-seed+pixel") == "not run"  # its pixel step has a key
+    assert not_measured("known-plaintext", "visualmixer-seed+pixel").startswith("not run")  # pixel step: a key
     assert not_measured("instahide", "pixel").startswith("not applicable")

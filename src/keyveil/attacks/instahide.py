@@ -133,12 +133,15 @@ def fit_calibration(means: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Ten
     return a.view(means.shape[1:]), (ym - a * xm).view(means.shape[1:])
 
 
+def _ssims(x: torch.Tensor, y: torch.Tensor, chunk: int = 128) -> torch.Tensor:
+    """SSIM of each pair, in chunks (SSIM's filter stack is large for thousands of images)."""
+    return torch.cat([ssim(x[i:i + chunk], y[i:i + chunk], data_range=1.0).double() for i in range(0, len(x), chunk)]
+                     + [torch.zeros(0, dtype=torch.float64)])
+
+
 def _mean_ssim(x: torch.Tensor, y: torch.Tensor, chunk: int = 128) -> float:
-    """Mean SSIM over pairs, in chunks (SSIM's filter stack is large for thousands of images)."""
-    if len(x) == 0:
-        return float("nan")
-    total = sum(float(ssim(x[i:i + chunk], y[i:i + chunk], data_range=1.0).sum()) for i in range(0, len(x), chunk))
-    return total / len(x)
+    """Mean SSIM over pairs (nan for none)."""
+    return float(_ssims(x, y, chunk).mean()) if len(x) else float("nan")
 
 
 def _as_unit(x: torch.Tensor) -> torch.Tensor:
@@ -247,13 +250,14 @@ class InstaHideAttack(Attack):
         absv = values.abs()
         lo, hi = absv.flatten(1).amin(1).view(-1, 1, 1, 1), absv.flatten(1).amax(1).view(-1, 1, 1, 1)
         absv = (absv - lo) / (hi - lo).clamp_min(1e-12)
+        per_image = {"recovered_ssim": _ssims(truth[dominant], recon), "encoded_ssim": _ssims(truth[own], (values + 1) / 2)}
         result.metrics.update({
             "purity": float(torch.tensor(purity).mean()),
             "coverage": float(dominant.unique().numel() / len(private)),
-            "recovered_ssim": _mean_ssim(truth[dominant], recon),
-            "encoded_ssim": _mean_ssim(truth[own], (values + 1) / 2),
+            **{k: float(v.mean()) if len(v) else float("nan") for k, v in per_image.items()},
             "abs_ssim": _mean_ssim(truth[own], absv),
         })
+        result.details["per_image"] = per_image  # SSIM per cluster / per encoding, for intervals
         if public is not None:  # the baseline a face-shaped guess reaches with no attack at all
             mean_face = _as_unit(public).mean(0, keepdim=True).expand(len(dominant), *public.shape[1:])
             result.metrics["public_mean_ssim"] = _mean_ssim(truth[dominant], mean_face.contiguous())

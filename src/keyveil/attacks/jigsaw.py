@@ -188,6 +188,9 @@ class JigsawSolver(Attack):
             scores = [self._score(r, q) for r, q in zip(recon, p)]
             for key in ("direct", "neighbour", "ssim"):
                 result.metrics[key] = sum(s[key] for s in scores) / len(scores)
+            # per image, for intervals over images, blocks and edges (metrics.intervals)
+            result.details.update(per_image={k: [s[k] for s in scores] for k in ("direct", "neighbour", "ssim")},
+                                  block_size=m)
             result.metrics["ssim_encrypted"] = float(ssim(p, y).mean())
         result.metrics["cpu_seconds_per_image"] = cost.cpu_seconds / max(b, 1)
         return result

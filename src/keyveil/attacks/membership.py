@@ -103,8 +103,13 @@ class MembershipInference(Attack):
 
         Args:
             model: the target classifier (as queried: it takes the records as given).
-            members: ``(images, labels)`` of records in its training set.
+            members: ``(images, labels)`` of records in its training set; labels are class indices
+                ``(N,)`` or class probabilities ``(N, classes)`` (mixed labels, as InstaHide trains on).
             nonmembers: ``(images, labels)`` of records it never saw.
+
+        Returns:
+            ``auc``, ``advantage`` and mean losses in ``metrics``; each record's score (its negated
+            loss) in ``details["member_scores"]`` / ``details["nonmember_scores"]``.
         """
         if len(members[0]) == 0 or len(nonmembers[0]) == 0:
             raise AttackError("need at least one member and one non-member record")
@@ -123,4 +128,6 @@ class MembershipInference(Attack):
             "auc": score_auc, "advantage": advantage,
             "member_loss": float(lm.mean()), "nonmember_loss": float(ln.mean()),
         })
+        # per-record scores (higher = "member"), for intervals over the records (metrics.intervals)
+        result.details.update({"member_scores": -lm, "nonmember_scores": -ln})
         return result

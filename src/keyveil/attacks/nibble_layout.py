@@ -223,7 +223,7 @@ class NibbleLayout(Attack):
             rec_u = torch.where(f[None], white - rec_u, rec_u)
             rec = units_to_image(rec_u, chw, m, nibbles=nib)
         result = AttackResult(self.name, reconstructions=rec, cost=cost,
-                              details={"block_size": m, "per_block": self.per_block})
+                              details={"block_size": m, "per_block": self.per_block, "nibbles": nib})
         result.metrics["ciphertexts"] = float(len(ciphertexts))
         if test_plain is not None:
             truth = block_units(test_plain, m, nibbles=nib).long()

@@ -26,7 +26,7 @@ from ..schemes.hao import PatchShuffle, from_patches, to_patches
 from ..schemes.per_image_block import BlockPerImage
 from .base import RecoveredPermutation
 
-__all__ = ["keyed_patch_step", "not_applicable", "patches", "unpatch", "tiled_oracle", "patch_truth"]
+__all__ = ["keyed_patch_step", "not_applicable", "KEYED_PATCH_REASONS", "patches", "unpatch", "tiled_oracle", "patch_truth"]
 
 _FRESH = ("no key to recover: every image gets a fresh key (block order, turns, signs), nothing is shared "
           "across images")
@@ -37,17 +37,23 @@ _REASONS = {
 }
 
 
+KEYED_PATCH_REASONS = {
+    "known-plaintext": ("covered by ciphertext-only: a known-plaintext attacker has the ciphertexts too, and "
+                        "they alone give up the in-patch key (the ciphertext-only row)"),
+    "key-from-model": ("covered by ciphertext-only: whoever holds the model trained on these ciphertexts has "
+                       "them, and they alone give up the in-patch key (the ciphertext-only row)"),
+    "jigsaw": ("not applicable directly: the keyed in-patch shuffle leaves no patch edges to match; once "
+               "ciphertext-only recovers that key, what is left is the patch scheme (its jigsaw row)"),
+}
+"""Why an attack is not run on a ``vit+patch``-like chain (the report's cells say the same)."""
+
+
 def not_applicable(attack: str, scheme: Scheme) -> str:
     """Why ``attack`` does not apply to ``scheme`` (``""`` when it does, or when this module has no say)."""
     if isinstance(scheme, BlockPerImage):
         return _REASONS.get(attack, "")
     if keyed_patch_step(scheme) is not None:
-        if attack == "known-plaintext":
-            return ("not run: a known pair leaves the patch order unknown, and no attack here matches a shared "
-                    "in-patch permutation across unordered patches (chosen-plaintext recovers it)")
-        if attack == "key-from-model":
-            return ("not run: key-from-model reads keyed CNNs; the keyed invariant ViT holds the in-patch key "
-                    "folded into its patch embedding")
+        return KEYED_PATCH_REASONS.get(attack, "")
     return ""
 
 

@@ -30,7 +30,8 @@ _SMALL = {"patch": {"patch_size": 4}, "mix": {"patch_size": 4, "grid": 2}, "vit"
           "vit+patch": {"steps": (("vit", {"scramble": False, "block_size": 4}), ("patch", {"patch_size": 4}))},
           "mix+pixel": {"steps": (("mix", {"patch_size": 4, "grid": 2}), "pixel")},
           "block-per-image": {"block_size": 4}}
-_CIFAR = {"patch": {"patch_size": 4}, "mix": {"patch_size": 8, "grid": 2}, "vit": {"block_size": 4}}
+_CIFAR = {"patch": {"patch_size": 4}, "mix": {"patch_size": 8, "grid": 2}, "vit": {"block_size": 4},
+          "mix+pixel": {"steps": (("mix", {"patch_size": 8, "grid": 2}), "pixel")}}
 _FIT: dict[str, dict[str, dict[str, Any]]] = {
     "fashion-mnist": _SMALL, "mnist5k": _SMALL,
     "att-faces-heldout": {"vit": {"block_size": 16}},  # 96x80
@@ -65,6 +66,15 @@ def _encrypt(scheme: Scheme, x: torch.Tensor, seed: int) -> torch.Tensor:
     if scheme.per_image:
         return scheme.encrypt(x, generator=torch.Generator().manual_seed(seed))
     return scheme.encrypt(x)
+
+
+def _encrypt_labelled(scheme: Scheme, x: torch.Tensor, y: torch.Tensor, classes: int,
+                      seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Records as a server trains on them: images encrypted once, and the labels (mixed, for InstaHide)."""
+    if hasattr(scheme, "encrypt_with_labels"):  # InstaHide mixes the labels with the images' coefficients
+        onehot = torch.nn.functional.one_hot(y, classes).float()
+        return scheme.encrypt_with_labels(x, onehot, generator=torch.Generator().manual_seed(seed))
+    return _encrypt(scheme, x, seed), y
 
 
 def run_scenario(
@@ -190,10 +200,11 @@ def run_scenario(
         epochs = int(opts.pop("epochs", 30))
         mx, my = _data.load(dataset, "train", n)
         nx, ny = test_x, test_y
-        menc, nenc = _encrypt(scheme, mx, seed), _encrypt(scheme, nx, seed + 1)
         classes = int(torch.cat([my, ny]).max()) + 1
-        net = train_classifier(menc, my, classes=classes, epochs=epochs, seed=seed)
-        r = MembershipInference(**opts).run(model=net, members=(menc, my), nonmembers=(nenc, ny))
+        menc, mlab = _encrypt_labelled(scheme, mx, my, classes, seed)
+        nenc, nlab = _encrypt_labelled(scheme, nx, ny, classes, seed + 1)
+        net = train_classifier(menc, mlab, classes=classes, epochs=epochs, seed=seed)
+        r = MembershipInference(**opts).run(model=net, members=(menc, mlab), nonmembers=(nenc, nlab))
         with torch.no_grad():
             acc = (net(nenc.float() / 255).argmax(1) == ny).double().mean()
         r.metrics["test_accuracy"] = float(acc)

@@ -19,9 +19,11 @@ __all__ = ["true_permutation", "score_permutation"]
 def true_permutation(scheme: Scheme, chw: Sequence[int]) -> RecoveredPermutation:
     """The scheme's own rearrangement in :class:`RecoveredPermutation` form.
 
-    Supports ``pixel`` (shared or per-channel), every ``block`` preset and chains
+    Supports ``pixel`` (shared or per-channel), every ``block`` preset, chains
     ending in a keyed ``pixel`` step (``visualmixer-seed+pixel``: that step's
-    rearrangement, which a ciphertext-only attack on the chain is after).
+    rearrangement, which a ciphertext-only attack on the chain is after), and a
+    composition whose one fixed-key step is one of these (the other steps are
+    per-image: ``mix+pixel``).
 
     Raises:
         AttackError: for schemes that are not a fixed-key rearrangement.
@@ -43,6 +45,10 @@ def true_permutation(scheme: Scheme, chw: Sequence[int]) -> RecoveredPermutation
         p = scheme.params((c, h, w))
         return RecoveredPermutation((c, h, w), p.index.cpu().clone(),
                                     None if p.mask is None else p.mask.cpu().clone(), nibbles=p.nibbles)
+    if name == "compose":  # a chain whose one keyed step is a fixed rearrangement: that step's key is the secret
+        fixed = [step for step in scheme.steps if not step.per_image]
+        if len(fixed) == 1 and fixed[0].key is not None:
+            return true_permutation(fixed[0], chw)
     raise AttackError(f"scheme {name!r} is not a fixed-key rearrangement; no permutation to compare with")
 
 

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Rate", "Score", "wilson_interval", "bootstrap_interval", "auc_interval", "verdict", "VERDICT_RULES"]
+__all__ = ["Rate", "Score", "wilson_interval", "bootstrap_interval", "auc_interval", "advantage",
+           "advantage_interval", "verdict", "VERDICT_RULES"]
 
 CONFIDENCE = 0.95
 
@@ -93,6 +94,30 @@ def auc_interval(members: Sequence[float], others: Sequence[float], *, confidenc
     return _auc(a, b), (float(res.confidence_interval.low), float(res.confidence_interval.high))
 
 
+def advantage(members: np.ndarray, others: np.ndarray) -> float:
+    """The best membership advantage max_t (TPR − FPR) of "member if score ≥ t" over all thresholds t."""
+    a, b = np.sort(np.asarray(members, np.float64)), np.sort(np.asarray(others, np.float64))
+    t = np.concatenate([a, b])
+    tpr = 1 - np.searchsorted(a, t, side="left") / a.size  # fraction of members scoring ≥ t
+    fpr = 1 - np.searchsorted(b, t, side="left") / b.size
+    return float(max(0.0, (tpr - fpr).max()))
+
+
+def advantage_interval(members: Sequence[float], others: Sequence[float], *, confidence: float = CONFIDENCE,
+                       resamples: int = 1000, seed: int = 0) -> tuple[float, tuple[float, float]]:
+    """:func:`advantage` and its bootstrap interval (members and others resampled apart)."""
+    from scipy.stats import bootstrap
+
+    a, b = np.asarray(members, np.float64), np.asarray(others, np.float64)
+    res = bootstrap((a, b), advantage, confidence_level=confidence, n_resamples=resamples, method="percentile",
+                    random_state=np.random.default_rng(seed), vectorized=False)
+    return advantage(a, b), (float(res.confidence_interval.low), float(res.confidence_interval.high))
+
+
+def _trials(n: int, unit: str) -> str:
+    return f"(n={n} {unit})" if unit else f"(n={n})"
+
+
 @dataclass(frozen=True)
 class Rate:
     """A proportion with its trial count and 95 % Wilson interval."""
@@ -110,8 +135,11 @@ class Rate:
     def value(self) -> float:
         return self.successes / self.trials
 
-    def describe(self) -> str:
-        return f"{100 * self.value:.1f} % [{100 * self.low:.1f}, {100 * self.high:.1f}] (n={self.trials})"
+    def describe(self, unit: str = "") -> str:
+        """``value % [low, high] (n=trials unit)``; for fractions near 0 or 1 with many trials, two decimals."""
+        d = 2 if self.trials >= 1000 and (self.value < 0.01 or self.value > 0.99) else 1
+        v, lo, hi = (f"{100 * x:.{d}f}" for x in (self.value, self.low, self.high))
+        return f"{v} % [{lo}, {hi}] {_trials(self.trials, unit)}"
 
 
 @dataclass(frozen=True)
@@ -128,8 +156,8 @@ class Score:
         v = np.asarray(values, dtype=np.float64)
         return cls(float(v.mean()), int(v.size), *bootstrap_interval(v, seed=seed))
 
-    def describe(self, digits: int = 3) -> str:
-        return f"{self.value:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}] (n={self.trials})"
+    def describe(self, digits: int = 3, unit: str = "") -> str:
+        return f"{self.value:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}] {_trials(self.trials, unit)}"
 
 
 def verdict(rate: Rate, *, chance: float, plain: float) -> str:

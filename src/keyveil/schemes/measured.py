@@ -71,7 +71,7 @@ DEFAULT_REIDENTIFICATION: dict[str, str] = {
 REIDENTIFICATION_SOURCE: dict[str, tuple[str, str]] = {
     **{name: ("reidentify", name) for name in ("pixel", "pixel-np", "etc", "le", "ele", "vit", "patch", "mix",
                                                "visualmixer", "noise")},
-    "visualmixer-seed": ("reidentify", "visualmixer ws 2..8 (seed)"),
+    "visualmixer-seed": ("reidentify", "visualmixer-seed"),
     "instahide": ("instahide", "instahide k=4"),
 }
 """Scheme name -> (section, row) of :data:`SECURITY_FILE` whose figure holds every percentage quoted above."""

@@ -16,13 +16,12 @@ from pathlib import Path
 
 import torch
 
-from ...metrics.intervals import VERDICT_RULES
 from ...metrics.keyspace import key_space_bits
 from ...schemes import list_schemes
 from .prose import SECTION_TEXT, THREAT_MODEL
-from .verdicts import not_measured, severity
+from .verdicts import not_measured, severity, threshold_text
 
-__all__ = ["Row", "render", "parse_report", "COMMAND"]
+__all__ = ["Row", "render", "parse_report", "COMMAND", "matrix_scheme", "matrix_schemes"]
 
 
 @dataclass
@@ -37,6 +36,21 @@ class Row:
     cpu_seconds: float
     verdict: str
     picture: str = ""
+    interval: str = ""
+    """The row's figures with their 95 % intervals and trial counts, main figure first (``;``-separated)."""
+
+
+def matrix_scheme(label: str) -> str:
+    """The summary table's row (a scheme's registered name) for a details row's label: an attack option or a
+    scheme option is written after the name (``pixel (spatial attack)``, ``instahide k=2``) and folds into it."""
+    return label.split(" ")[0]
+
+
+def matrix_schemes(labels: list[str] | None = None) -> list[str]:
+    """The summary table's rows: the schemes of ``labels`` in order, then every registered scheme not among them
+    (a scheme no section measured still gets its row, where each cell says why)."""
+    seen = ["plain", *[matrix_scheme(s) for s in labels or []], *list_schemes()]
+    return list(dict.fromkeys(seen))
 
 
 
@@ -58,7 +72,10 @@ def parse_report(text: str) -> list[Row]:
             pictures[section] = re.findall(r"`([^`]+)`", line)
         elif line.startswith("| ") and not line.startswith("| scheme |"):
             cells = [c.strip() for c in line.strip()[1:-1].split(" | ")]
-            if len(cells) == 6:
+            if len(cells) == 7:
+                name, dataset, figure, interval, data, cpu, verdict = cells
+                rows.append(Row(section, name, dataset, figure, data, float(cpu), verdict, interval=interval))
+            elif len(cells) == 6:  # a report written before the interval column
                 name, dataset, figure, data, cpu, verdict = cells
                 rows.append(Row(section, name, dataset, figure, data, float(cpu), verdict))
     for row in rows:  # a picture's name starts with its row's section, scheme and data set, in row order
@@ -103,36 +120,44 @@ def render(rows: list[Row], sections: tuple[str, ...], quick: bool, total: tuple
     if quick:
         out += ["**QUICK RUN (`--quick`): small sizes for testing; these are not the published figures.**", ""]
     out += THREAT_MODEL
+    out += ["## How the verdicts read", "", *threshold_text()]
     out += ["## Which scheme falls to which attack", "",
             "| scheme | " + " | ".join(sections) + " |", "|---" * (len(sections) + 1) + "|"]
-    schemes = list(dict.fromkeys(r.scheme for r in rows))
-    for s in schemes:
+    for s in matrix_schemes([r.scheme for r in rows]):
         cells = []
         for sec in sections:
-            hits = [r for r in rows if r.scheme == s and r.section == sec]
+            hits = [r for r in rows if matrix_scheme(r.scheme) == s and r.section == sec]
             worst: dict[str, Row] = {}  # per dataset, the most severe verdict (first such row: least data)
             for h in hits:
                 if h.dataset not in worst or severity(h.verdict) > severity(worst[h.dataset].verdict):
                     worst[h.dataset] = h
-            cells.append("; ".join(f"{h.verdict} ({h.dataset}: {h.figure.split(' (')[0]}; {h.data})"
-                                   for h in worst.values()) or not_measured(sec, s))
+            cells.append("; ".join(_cell(h, s) for h in worst.values()) or not_measured(sec, s))
         out.append(f"| {s} | " + " | ".join(cells) + " |")
     out += ["", "('not applicable' says why the attack cannot apply; 'not run' is a hole in the evidence, not a "
-            "result. 'plain' is no encryption. Each cell shows, per data set, the most severe result and the least "
-            "attacker data that reached it; details below.)", "", VERDICT_RULES, ""]
+            "result. 'plain' is no encryption. Each cell shows, per data set, the most severe result, its main figure "
+            "with its 95 % interval and trials, and the least attacker data that reached it; an attack option or "
+            "a scheme option is named before the data set when the cell's row used one; details below.)", ""]
     for sec in sections:
         sec_rows = [r for r in rows if r.section == sec]
         out += [f"## {sec} — `keyveil security-report --only {sec}`", "", SECTION_TEXT[sec], "",
-                "| scheme | data | measured | attacker's data | attack CPU s | verdict |",
-                "|---|---|---|---|---|---|"]
+                "| scheme | data | measured | 95 % interval (trials) | attacker's data | attack CPU s | verdict |",
+                "|---|---|---|---|---|---|---|"]
         for r in sec_rows:
-            out.append(f"| {r.scheme} | {r.dataset} | {r.figure} | {r.data} | {r.cpu_seconds:.2f} | {r.verdict} |")
+            out.append(f"| {r.scheme} | {r.dataset} | {r.figure} | {r.interval or 'not computed'} | {r.data} | "
+                       f"{r.cpu_seconds:.2f} | {r.verdict} |")
         pics = [r.picture for r in sec_rows if r.picture]
         if pics:
             out += ["", "Pictures: " + ", ".join(f"`{p}`" for p in pics)]
         out.append("")
     out += _keyspace_table()
     return "\n".join(out) + "\n"
+
+
+def _cell(h: Row, scheme: str) -> str:
+    """One data set's result in the summary table: verdict, main figure with its interval, attacker's data."""
+    main = h.interval.split("; ")[0] if h.interval and h.interval != "not computed" else h.figure.split(" (")[0]
+    variant = f"{h.scheme[len(scheme):].strip()}, " if h.scheme != scheme else ""
+    return f"{h.verdict} ({variant}{h.dataset}: {main}; {h.data})"
 
 
 def _keyspace_table() -> list[str]:

@@ -140,7 +140,11 @@ SECTION_TEXT = {
                  "chance 2.5 %). The average public face already scores a fair SSIM against any private face "
                  "(shown as 'mean face'), so SSIM alone flatters; re-identification says whether the recovered "
                  "face is *that* person.",
-    "membership": "A small CNN trained on Fashion-MNIST members as the server sees them (encrypted once); "
-                  "loss-threshold attack (Yeom et al. 2018) on members vs as many test-set non-members, "
-                  "queried encrypted the same way. AUC 0.5 = no leak.",
+    "membership": "For every scheme, a small CNN trained on Fashion-MNIST members as the server sees them "
+                  "(encrypted once); loss-threshold attack (Yeom et al. 2018) on members vs as many test-set "
+                  "non-members, queried encrypted the same way. AUC 0.5 = no leak; AUC and advantage carry a "
+                  "bootstrap interval over the members and non-members. InstaHide mixes labels as it mixes "
+                  "images: its model trains on the encodings with their mixed labels (soft cross-entropy, as "
+                  "InstaHide's training does), a record's loss is taken against its mixed label, and its test "
+                  "accuracy counts the label of each encoding's own image.",
 }

@@ -19,6 +19,7 @@ from ...keys import Key
 from ...metrics.intervals import Rate
 from .._data import DEPRECATED_NAMES
 from ..scenarios import Scenario, make_scheme, plain_baseline, run_scenario
+from .calibrate import calibrate, describe
 from .markdown import Row, render
 from .verdicts import verdict
 
@@ -67,6 +68,7 @@ class Runner:
         self.pictures, self.key, self.quick, self.log = pictures, key, quick, log
         self.rows: list[Row] = []
         self.reused = 0
+        self._tags: dict[str, int] = {}
         self._pool: dict[tuple[str, str, str], list[Row]] = {}
         for row in reuse or []:
             row.dataset = _current_name(row.section, row.dataset)
@@ -91,11 +93,18 @@ class Runner:
             extra = f"-{kw['n']}pairs" if section == "known-plaintext" else ""
             if section == "key-from-model":
                 extra = "-{mode}-{method}-{source}".format(**sc.settings)
+            if section == "ciphertext-only" and kw.get("n"):
+                extra = f"-{kw['n']}"
+            if section == "learned-inversion" and sc.settings.get("loss", "l1") != "l1":
+                extra = f"-{sc.settings['loss']}"
             tag = re.sub(r"[^A-Za-z0-9_-]+", "-", f"{section}-{label or scheme_name}-{dataset}{extra}").strip("-")
+            self._tags[tag] = self._tags.get(tag, 0) + 1
+            tag += f"-{self._tags[tag]}" if self._tags[tag] > 1 else ""  # never overwrite an earlier row's picture
             pic = str(save_picture(sc, self.pictures / f"security-{tag}.png"))
         full = {**m, **sc.settings}  # the settings say how many trials (probes, pairs) the figures rest on
+        cal = calibrate(section, sc, scheme)  # every figure with its trial count and 95 % interval
         row = Row(section, label or scheme_name, dataset, figure(full), data.format(**full),
-                  sc.result.cost.cpu_seconds, verdict(section, full), pic)
+                  sc.result.cost.cpu_seconds, verdict(section, full, cal), pic, describe(cal))
         self.rows.append(row)
         self.log(f"{section:17s} {row.scheme:22s} {dataset:17s} {row.figure}  [{row.data}; attack {row.cpu_seconds:.2f} s "
                  f"CPU, scenario {cpu:.1f} s CPU]")
@@ -124,6 +133,8 @@ def _chosen(r: Runner) -> None:
     for name in ("visualmixer-seed+pixel", "mix+pixel"):  # images constant on each cell pass the per-image step
         r.run("chosen-plaintext", name, "photos", fig, "{queries} crafted images (3×224×224), constant on cells",
               test_n=6)
+    r.run("chosen-plaintext", "vit+patch", "fashion-mnist", fig, "{queries} crafted images, each one {patch}×{patch} "
+          "image tiled (untouched by the patch order)", test_n=6)
 
 
 def _known(r: Runner) -> None:
@@ -152,6 +163,9 @@ def _cot(r: Runner) -> None:
           test_n=500, options=opts)
     r.run("ciphertext-only", "pixel-np", "fashion-mnist", lambda m: f"{fig(m)}; flips {_pct(m['flip_accuracy'])}",
           "{ciphertexts} ciphertexts, one key", n=n, test_n=500, options=opts)  # flips recovered too
+    for name in ("visualmixer-seed+pixel", "mix+pixel"):  # the chains' keyed pixel step, under the per-image one
+        r.run("ciphertext-only", name, "fashion-mnist", fig, "{ciphertexts} ciphertexts, one key; neighbours of the "
+              "keyed pixel step", n=n, test_n=500, options=opts)
     nib = lambda m: (f"{_pct(m['units_correct'])} of nibbles exact ({_pct(m['high_correct'])} of high ones), "  # noqa: E731
                      f"SSIM {m['ssim']:.3f} (encrypted {m['ssim_encrypted']:.3f})")
     for k in (500, n):
@@ -173,6 +187,9 @@ def _cot(r: Runner) -> None:
                      f"(encrypted {m['ssim_encrypted']:.3f})")
     r.run("ciphertext-only", "vit", "fashion-mnist", two, "{ciphertexts} ciphertexts, one key, {public} public plain "
           "images: in-block shuffle by template matching, then jigsaw-shared-key", n=n + 2000, test_n=500)
+    r.run("ciphertext-only", "vit+patch", "fashion-mnist", two, "{ciphertexts} ciphertexts' {patch}×{patch} patches, "
+          "one key, {public} public plain images: the in-patch shuffle by template matching (leaves the patch "
+          "scheme)", n=3000, test_n=500)
 
 
 def _jigsaw(r: Runner) -> None:
@@ -195,9 +212,9 @@ def _inversion(r: Runner) -> None:
     for name in ("patch", "mix", "visualmixer"):
         r.run("learned-inversion", name, "fashion-mnist", fig, made, **fm)
         r.run("learned-inversion", name, "att-faces-heldout", fig, made + " (people 1–35)", **orl)
-    for name in ("visualmixer-seed", "noise", "instahide"):  # keyless: the public code makes the pairs
+    for name in ("visualmixer-seed", "noise", "instahide", "block-per-image"):  # keyless: the public code makes pairs
         r.run("learned-inversion", name, "fashion-mnist", fig, made, **fm)
-    for name in ("pixel", "pixel-np", "etc", "le", "ele", "vit", "block", "visualmixer-seed+pixel"):
+    for name in ("pixel", "pixel-np", "etc", "le", "ele", "vit", "block", "visualmixer-seed+pixel", "vit+patch"):
         r.run("learned-inversion", name, "fashion-mnist", fig, leaked, **fm)
     from ...schemes import create
 
@@ -219,14 +236,17 @@ def _inversion(r: Runner) -> None:
 
 
 def _membership(r: Runner) -> None:
+    from ...schemes import list_schemes
+
     fig = lambda m: (f"AUC {m['auc']:.3f}, advantage {m['advantage']:.3f} "  # noqa: E731
                      f"(model test accuracy {_pct(m['test_accuracy'])})")
     n, epochs = (200, 5) if r.quick else (500, 40)
-    r.run("membership", "plain", "fashion-mnist", fig, "{members} members + as many non-members, "
-          "{epochs} epochs", scheme=plain_baseline(), n=n, test_n=n, options={"epochs": epochs})
-    for name in ("pixel", "patch", "mix", "visualmixer"):
-        r.run("membership", name, "fashion-mnist", fig, "{members} members + as many non-members, {epochs} epochs",
-              n=n, test_n=n, options={"epochs": epochs})
+    data = "{members} members + as many non-members, {epochs} epochs"
+    r.run("membership", "plain", "fashion-mnist", fig, data, scheme=plain_baseline(), n=n, test_n=n,
+          options={"epochs": epochs})
+    for name in list_schemes():  # every scheme, compositions and presets included
+        text = data + (" on InstaHide's mixed labels" if name == "instahide" else "")
+        r.run("membership", name, "fashion-mnist", fig, text, n=n, test_n=n, options={"epochs": epochs})
 
 
 def _model_key(r: Runner) -> None:
@@ -282,19 +302,15 @@ def _reidentify(r: Runner) -> None:
             worst = Rate.of(int(round(m["worst_top1"] * m["probes"])), int(m["probes"])).describe()
         return f"worst top-1 {worst} (top-5 {_pct(m['worst_top5'])}); " + ", ".join(cells)
 
-    from ...schemes import create, list_schemes
+    from ...schemes import list_schemes
 
     opts = {"variants": ("glance",), "recognizers": ("eigenfaces",)} if r.quick else {}
     data = "{gallery} plain gallery / {probes} encrypted probe photos, {people} people"
     r.run("reidentify", "plain", "att-faces", fig, data, scheme=plain_baseline(), test_n=6, options=opts)
-    names = ["pixel", "pixel-np", "etc", "le", "ele", "vit", "block", "patch", "mix", "visualmixer", "noise",
-             "instahide"]
-    names += [n for n in list_schemes() if "+" in n]  # compositions
+    names = ["pixel", "pixel-np", "etc", "le", "ele", "vit", "patch", "mix", "visualmixer", "noise", "instahide"]
+    names += [n for n in list_schemes() if n not in names]  # block, presets (visualmixer-seed), compositions
     for name in names[:2] if r.quick else names:
         r.run("reidentify", name, "att-faces", fig, data, test_n=6, options=opts)
-    if not r.quick:
-        r.run("reidentify", "visualmixer", "att-faces", fig, data, scheme=create("visualmixer", ws_min=2, ws_max=8),
-              label="visualmixer ws 2..8 (seed)", test_n=6, options=opts)
 
 
 def _instahide(r: Runner) -> None:

@@ -1,23 +1,102 @@
 """The report's verdicts: the thresholds that turn an attack's figures into "broken", "partly" or "holds".
 
-One function per question: :func:`verdict` reads a section's metrics,
-:func:`severity` orders verdicts (2 = the attack succeeds, 1 = partly, 0 =
-the scheme holds) so the summary table can show the worst per data set.
+One function per question: :func:`verdict` reads a section's figures — off
+their 95 % intervals (:mod:`.calibrate`) where it has them, so a verdict
+claims only what the interval shows — and :func:`severity` orders verdicts
+(2 = the attack succeeds, 1 = partly, 0 = the scheme holds) so the summary
+table can show the worst per data set. :data:`THRESHOLDS` holds every
+threshold, and :func:`threshold_text` writes them once in the report's header.
 
 Examples:
     >>> verdict("chosen-plaintext", {"fraction_recovered": 1.0})
     '**broken**: key fully recovered'
-    >>> verdict("membership", {"auc": 0.51}), severity("holds")
+    >>> verdict("membership", {"auc": 0.5}), severity("no measurable leak")
     ('no measurable leak', 0)
 """
 
 from __future__ import annotations
 
-from ...metrics.intervals import Rate
+from collections.abc import Mapping
+from typing import Any
+
+from ...metrics.intervals import VERDICT_RULES, Rate
 from ...metrics.intervals import verdict as rate_verdict
 from ...schemes.measured import FRONTIER_PLAIN
+from ..patch_view import KEYED_PATCH_REASONS
 
-__all__ = ["verdict", "severity", "not_measured"]
+__all__ = ["verdict", "severity", "not_measured", "THRESHOLDS", "threshold_text"]
+
+THRESHOLDS: dict[str, tuple[str, float, float]] = {
+    "chosen-plaintext": ("fraction of the key's units recovered", 0.9, 0.3),
+    "known-plaintext": ("fraction of the key's units recovered", 0.9, 0.3),
+    "key-from-model": ("fraction of the key's units recovered", 0.9, 0.3),
+    "ciphertext-only": ("fraction of grid neighbours rejoined", 0.3, 0.1),
+    "ciphertext-only key": ("fraction of the key's blocks or nibbles, or of the images, recovered exactly",
+                            0.9, 0.3),
+    "jigsaw": ("fraction of block edges rejoined", 0.5, 0.25),
+    "learned-inversion": ("mean SSIM gain over the encrypted image (or over the data set's mean image, when that "
+                          "is closer)", 0.2, 0.05),
+    "membership": ("AUC of the loss-threshold attack", 0.55, 0.5),
+    "instahide": ("SSIM gain of the recovered faces over the encodings", 0.2, 0.05),
+}
+"""Section -> (what is compared, the bound the interval's lower end must reach for the bold verdict, the bound
+below which its upper end must stay for "holds"); membership reads "no measurable leak" off the lower end."""
+
+INSTAHIDE_REID = 0.10
+"""InstaHide is also broken when the recovered faces' re-identification lower bound exceeds this."""
+
+
+class _Point:
+    """A figure without an interval (an older report's row, a doctest): low = high = value."""
+
+    def __init__(self, v: float) -> None:
+        self.value = self.low = self.high = float(v)
+
+
+class _Shifted:
+    """An interval moved by ``by``."""
+
+    def __init__(self, iv: Any, by: float) -> None:
+        self.value, self.low, self.high = iv.value + by, iv.low + by, iv.high + by
+
+
+def _interval(cal: Mapping[str, Any] | None, key: str, value: float) -> Any:
+    return cal[key] if cal and key in cal else _Point(value)
+
+
+def _graded(section: str, iv: Any) -> int:
+    """2 when the interval's lower end reaches the section's bold threshold, 0 when its upper end stays below
+    the "holds" threshold, 1 otherwise."""
+    _, bold, holds = THRESHOLDS[section]
+    return 2 if iv.low >= bold else (0 if iv.high < holds else 1)
+
+
+def threshold_text() -> list[str]:
+    """The verdict rules, once, for the report's header (Markdown lines)."""
+    t = THRESHOLDS
+    pct = lambda v: f"{100 * v:.0f} %"  # noqa: E731
+    key = t["chosen-plaintext"]
+    out = [VERDICT_RULES + " Every other verdict, too, is read off the interval of the row's main figure "
+           "(95 %; the interval column gives each figure with its trials):", ""]
+    out.append(f"- chosen-plaintext, known-plaintext, key-from-model ({key[0]}): **broken** when the lower "
+               f"bound ≥ {pct(key[1])} (\"key fully recovered\" when every unit is), holds when the upper bound "
+               f"< {pct(key[2])}, partly between.")
+    for sec, words in (("ciphertext-only", "**leaks** layout"),
+                       ("ciphertext-only key", "**broken** (on block schemes and LE/ELE)"), ("jigsaw", "**falls**"),
+                       ("learned-inversion", "**structure recovered**")):
+        what, bold, holds = t[sec]
+        fmt = pct if sec != "learned-inversion" else (lambda v: f"{v:.2f}")
+        out.append(f"- {sec} ({what}): {words} when the lower bound ≥ {fmt(bold)}, holds when the upper bound "
+                   f"< {fmt(holds)}, partly between.")
+    what, bold, chance = t["membership"]
+    out.append(f"- membership ({what}, bootstrap over members and non-members): **leaks** when the lower bound "
+               f"≥ {bold:.2f}, no measurable leak when it is ≤ {chance:.2f} (chance), partly (a small leak) between.")
+    what, bold, holds = t["instahide"]
+    out.append(f"- instahide ({what}, or top-1 re-identification of the recovered faces): **broken** when the "
+               f"gain's lower bound ≥ {bold:.2f} or the re-identification's lower bound > {pct(INSTAHIDE_REID)}; "
+               f"holds when the gain's upper bound < {holds:.2f} and the re-identification's upper bound ≤ 2× "
+               "chance; partly otherwise.")
+    return out + [""]
 
 
 def severity(verdict: str) -> int:
@@ -25,38 +104,51 @@ def severity(verdict: str) -> int:
     return 2 if verdict.startswith("**") else (1 if verdict.startswith("partly") else 0)
 
 
-def verdict(section: str, m: dict[str, float]) -> str:
-    """The verdict of one measured row of ``section`` from its metrics ``m`` ("" for an unknown section)."""
-    if section in ("chosen-plaintext", "known-plaintext"):
+def verdict(section: str, m: Mapping[str, float], cal: Mapping[str, Any] | None = None) -> str:
+    """The verdict of one row of ``section`` from its metrics ``m`` and, where measured, the calibrated figures
+    ``cal`` of :func:`~keyveil.attacks.report.calibrate.calibrate` ("" for an unknown section)."""
+    if section in ("chosen-plaintext", "known-plaintext", "key-from-model"):
         if "fraction_cells_recovered" in m:  # a chain: the keyed step, up to the per-image step's cells
             f = m["fraction_cells_recovered"]
-            return "**broken**: keyed step undone" if f == 1.0 else (
-                "**broken**: most of the keyed step" if f >= 0.9 else ("partly" if f >= 0.3 else "holds"))
+            g = _graded(section, _interval(cal, "cells", f))
+            return ("**broken**: keyed step undone" if f == 1.0 else "**broken**: most of the keyed step",
+                    "partly", "holds")[2 - g]
         f = m.get("fraction_recovered_with_flips", m["fraction_recovered"])
-        return "**broken**: key fully recovered" if f == 1.0 else (
-            "**broken**: most of the key" if f >= 0.9 else ("partly" if f >= 0.3 else "holds"))
-    if section == "ciphertext-only" and "units_correct" in m:  # LE's nibbles
-        f = m["high_correct"]
-        return "**broken**: the shared shuffle recovered" if m["units_correct"] == 1.0 else (
-            "**broken**: most high nibbles back" if f >= 0.9 else ("partly" if f >= 0.3 else "holds"))
+        g = _graded(section, _interval(cal, "key", f))
+        bold = ("**broken**: key fully recovered" if f == 1.0 else "**broken**: most of the key") \
+            if section != "key-from-model" or f < 1.0 else "**broken**: the model gives up the key"
+        return (bold, "partly", "holds")[2 - g]
+    if section == "ciphertext-only" and "units_correct" in m:  # LE / ELE: the shared shuffle's nibbles
+        g = _graded("ciphertext-only key", _interval(cal, "units", m["units_correct"]))
+        bold = "**broken**: the shared shuffle recovered" if m["units_correct"] == 1.0 else \
+            "**broken**: most nibbles back"
+        return (bold, "partly", "holds")[2 - g]
     if section == "ciphertext-only" and "decrypted_exactly" in m:  # vit: two steps, scored on the images
-        f = m["decrypted_exactly"]
-        return "**broken**: images decrypted exactly" if f >= 0.9 else (
-            "partly" if m["ssim"] - m["ssim_encrypted"] >= 0.2 else "holds")
-    if section == "ciphertext-only" and "direct" in m:  # block schemes: the shared-key jigsaw
-        f = m["direct"]
-        return "**broken**: key recovered (up to one global symmetry)" if f == 1.0 else (
-            "**broken**: most of the key" if f >= 0.9 else ("partly" if m["neighbour"] >= 0.3 else "holds"))
+        g = _graded("ciphertext-only key", _interval(cal, "decrypted_exactly", m["decrypted_exactly"]))
+        return ("**broken**: images decrypted exactly", "partly", "holds")[2 - g]
+    if section == "ciphertext-only" and "direct" in m and "blocks" in m:  # block schemes: the shared-key jigsaw
+        g = _graded("ciphertext-only key", _interval(cal, "direct", m["direct"]))
+        bold = "**broken**: key recovered (up to one global symmetry)" if m["direct"] == 1.0 else \
+            "**broken**: most of the key"
+        return (bold, "partly", "holds")[2 - g]
     if section == "ciphertext-only":
-        return "**leaks** layout" if m["neighbour_accuracy"] >= 0.3 else "holds"
+        return ("holds", "partly", "**leaks** layout")[_graded(section, _interval(cal, "neighbour", m["neighbour_accuracy"]))]
     if section == "jigsaw":
-        return "**falls** (most edges rejoined)" if m["neighbour"] >= 0.5 else (
-            "partly" if m["neighbour"] >= 0.25 else "holds")
+        return ("holds", "partly", "**falls** (most edges rejoined)")[
+            _graded(section, _interval(cal, "neighbour", m["neighbour"]))]
     if section == "learned-inversion":
-        gain = m["ssim"] - m["ssim_encrypted"]
-        return "**structure recovered**" if gain >= 0.2 else ("partly" if gain >= 0.05 else "holds")
+        prior = m.get("ssim_prior", float("-inf"))
+        if prior > m["ssim_encrypted"]:  # the data set's mean image already looks more alike: the gain over it
+            iv = _interval(cal, "ssim", m["ssim"])
+            g = _graded(section, _Shifted(iv, -prior))
+        else:
+            g = _graded(section, _interval(cal, "ssim_gain", m["ssim"] - m["ssim_encrypted"]))
+        return ("holds", "partly", "**structure recovered**")[g]
     if section == "membership":
-        return "**leaks** membership" if m["auc"] >= 0.55 else "no measurable leak"
+        iv = _interval(cal, "auc", m["auc"])
+        _, bold, chance = THRESHOLDS[section]
+        return "**leaks** membership" if iv.low >= bold else (
+            "no measurable leak" if iv.low <= chance else "partly: a small leak")
     if section == "reidentify":
         w, chance = m["worst_top1"], m["chance"]
         if "probes" in m:  # calibrated: read off the 95 % Wilson interval (metrics.intervals.VERDICT_RULES)
@@ -67,18 +159,16 @@ def verdict(section: str, m: dict[str, float]) -> str:
         return "holds (≤ 2× chance)" if w <= 2 * chance else (
             "partly (≤ 10 %)" if w <= 0.10 else "**re-identified**")
     if section == "instahide":
-        gain = m["recovered_ssim"] - m["encoded_ssim"]
-        reid = m.get("reid_recovered_top1", 0.0)
-        return "**broken**: private images recovered" if gain >= 0.2 or reid > 0.10 else (
-            "partly" if gain >= 0.05 or reid > 2 * m.get("reid_chance", 0.025) else "holds")
-    if section == "key-from-model":
-        f = m["fraction_recovered"]
-        return "**broken**: the model gives up the key" if f == 1.0 else (
-            "**broken**: most of the key" if f >= 0.9 else ("partly" if f >= 0.3 else "holds"))
+        rec, enc = _interval(cal, "recovered_ssim", m["recovered_ssim"]), _interval(cal, "encoded_ssim", m["encoded_ssim"])
+        reid = _interval(cal, "reid", m.get("reid_recovered_top1", 0.0))
+        _, bold, holds = THRESHOLDS[section]
+        if rec.low - enc.high >= bold or reid.low > INSTAHIDE_REID:
+            return "**broken**: private images recovered"
+        return "holds" if rec.high - enc.low < holds and reid.high <= 2 * m.get("reid_chance", 0.025) else "partly"
     return ""
 
 
-_KEYLESS = ("patch", "mix", "visualmixer", "noise", "instahide")
+_KEYLESS = ("patch", "mix", "visualmixer", "noise", "instahide", "block-per-image")
 _KEYED_MODELS = ("pixel", "pixel-np", "vit")  # schemes a keyed model follows exactly (CNNs, the ViT)
 _WHOLE_BLOCKS = ("etc", "patch")  # block schemes whose blocks keep their pixels together
 
@@ -100,6 +190,8 @@ def not_measured(section: str, scheme: str) -> str:
         return "not applicable: no encryption"
     if section in ("chosen-plaintext", "known-plaintext", "ciphertext-only") and keyless:
         return "not applicable: keyless, fresh randomness per image (no key to recover)"
+    if base == "vit+patch" and section in KEYED_PATCH_REASONS:
+        return KEYED_PATCH_REASONS[section]
     if section == "key-from-model" and steps[-1] not in _KEYED_MODELS:
         return "not applicable: no keyed model follows this scheme"
     if section == "jigsaw" and not any(s in _WHOLE_BLOCKS for s in steps):
