@@ -34,41 +34,73 @@ class BlockChain(Attack):
     ``etc``/``block``: :class:`~.jigsaw_shared.SharedKeyJigsaw`; ``vit``: its shared in-block shuffle by
     template matching (:class:`~.nibble_layout.NibbleLayout` on values), then the jigsaw on the whole blocks;
     ``le``/``ele``: :class:`~.nibble_layout.NibbleLayout` on nibbles. The templates come from ``public``
-    plain images of the same kind (the attacker's own photos).
+    plain images of the same kind (the attacker's own photos). This is the one place that picks the attack:
+    the chains and the security report's scenarios both run it.
+
+    Examples:
+        >>> from keyveil import Key, schemes
+        >>> BlockChain(schemes.create("le", Key.from_seed(0))).needs_public
+        True
     """
 
+    name = "ciphertext-only-blocks"
+
     def __init__(self, scheme: Scheme, max_values: int = 16384) -> None:
+        s = scheme
+        whole = not (s.nibbles or s.shuffle)
+        if whole and s.negapos not in (None, "block"):
+            raise AttackError(f"the ciphertext-only jigsaw needs whole blocks (negapos={s.negapos!r} flips single "
+                              "values inside them)")
+        if not whole and s.rotate:
+            raise AttackError("no ciphertext-only attack: this scheme rotates blocks and shuffles inside them (the "
+                              "template matching needs blocks that stay upright)")
+        if not s.nibbles and s.shuffle == "per_block":
+            raise AttackError("no ciphertext-only attack for a per-block shuffle of whole values (ELE's nibbles only)")
+        if not whole and not s.nibbles and s.scramble and (s.channel_shuffle or s.negapos not in (None, "shared")):
+            raise AttackError("the two-step attack handles a shared in-block shuffle with shared flips and a block "
+                              "scramble (the vit preset); this scheme also shuffles channels or flips per block")
         self.scheme, self.max_values = scheme, int(max_values)
 
-    def run(self, *, ciphertexts: torch.Tensor, test_encrypted: torch.Tensor,
-            public: torch.Tensor | None = None) -> AttackResult:
+    @property
+    def needs_public(self) -> bool:
+        """Whether the attack matches a block's inside to public plain images (LE, ELE, vit)."""
+        return bool(self.scheme.nibbles or self.scheme.shuffle is not None)
+
+    def run(self, *, ciphertexts: torch.Tensor, test_encrypted: torch.Tensor, public: torch.Tensor | None = None,
+            test_plain: torch.Tensor | None = None, reference: Scheme | None = None) -> AttackResult:
+        """Recover the key from ``ciphertexts``, decrypt ``test_encrypted``; ``test_plain`` and ``reference``
+        (the true scheme, read only for scoring) add the figures of the attack that ran."""
         from .jigsaw_shared import SharedKeyJigsaw
         from .nibble_layout import NibbleLayout
 
         s, m = self.scheme, self.scheme.block_size
-        if s.nibbles or s.shuffle == "shared":
-            if public is None:
-                raise AttackError("matching a block's inside needs public plain images of the same kind")
-            inside = NibbleLayout(block_size=m, nibbles=bool(s.nibbles), per_block=s.shuffle == "per_block").run(
-                ciphertexts=ciphertexts, public=public, test_encrypted=torch.cat([ciphertexts, test_encrypted]))
-            if not s.scramble or s.nibbles:  # LE keeps blocks in place; ELE's are placed by the matching
-                return AttackResult("ciphertext-only", reconstructions=inside.reconstructions[len(ciphertexts):],
-                                    cost=inside.cost)
-            whole = inside.reconstructions
-            ciphertexts, test_encrypted = whole[: len(ciphertexts)], whole[len(ciphertexts):]
-            jig = SharedKeyJigsaw(block_size=m, max_values=self.max_values)
-        else:
-            jig = SharedKeyJigsaw(block_size=m, rotations=s.rotate, negapos=s.negapos == "block",
-                                  channel_orders=s.channel_shuffle, max_values=self.max_values)
-        return jig.run(ciphertexts=ciphertexts, test_encrypted=test_encrypted)
+        if not self.needs_public:
+            return SharedKeyJigsaw(block_size=m, rotations=s.rotate, negapos=s.negapos == "block",
+                                   channel_orders=s.channel_shuffle, max_values=self.max_values).run(
+                ciphertexts=ciphertexts, test_encrypted=test_encrypted, test_plain=test_plain, reference=reference)
+        if public is None:
+            raise AttackError("matching a block's inside needs public plain images of the same kind")
+        if not s.scramble or s.nibbles:  # LE keeps blocks in place; ELE's are placed by the matching
+            return NibbleLayout(block_size=m, nibbles=bool(s.nibbles), per_block=s.shuffle == "per_block").run(
+                ciphertexts=ciphertexts, public=public, test_encrypted=test_encrypted, test_plain=test_plain)
+        inside = NibbleLayout(block_size=m, nibbles=False).run(
+            ciphertexts=ciphertexts, public=public, test_encrypted=torch.cat([ciphertexts, test_encrypted]))
+        whole, n = inside.reconstructions, len(ciphertexts)
+        r = SharedKeyJigsaw(block_size=m, max_values=self.max_values).run(
+            ciphertexts=whole[:n], test_encrypted=whole[n:], test_plain=test_plain)
+        r.cost.cpu_seconds += inside.cost.cpu_seconds
+        r.cost.wall_seconds += inside.cost.wall_seconds
+        if test_plain is not None:  # two keyed steps: scored on the images
+            exact = (r.reconstructions == torch.as_tensor(test_plain)).flatten(1).all(1)
+            r.metrics["decrypted_exactly"] = float(exact.double().mean())
+        return r
 
 
 def _block(scheme: Scheme, seconds: float) -> Attack | str:
-    if scheme.negapos not in (None, "block", "shared", "independent"):
-        return f"no ciphertext-only attack for this block preset (negapos={scheme.negapos!r})"
-    if scheme.rotate and (scheme.nibbles or scheme.shuffle is not None):
-        return "rotated blocks with an in-block shuffle: no ciphertext-only attack implemented"
-    return BlockChain(scheme)
+    try:
+        return BlockChain(scheme)
+    except AttackError as e:
+        return str(e)
 
 
 CIPHERTEXT_ONLY: dict[str, Callable[[Scheme, float], Attack | str]] = {

@@ -27,6 +27,7 @@ import heapq
 import math
 import random
 import time
+from collections.abc import Iterator
 
 import torch
 
@@ -158,6 +159,16 @@ def total_variation_table(samples: torch.Tensor, max_samples: int = 2000) -> tor
     return torch.cdist(z, z, p=1) / z.shape[1]
 
 
+def _cooling(seconds: float, t_start: float, t_end: float) -> Iterator[float | None]:
+    """The annealers' geometric temperature schedule over ``seconds`` of CPU time: each ``next`` gives the
+    temperature now, and ``None`` once the time is spent."""
+    start = time.process_time()
+    while (elapsed := time.process_time() - start) < seconds:
+        yield t_start * (t_end / t_start) ** (elapsed / seconds)
+    while True:
+        yield None
+
+
 def refine_layout(
     layout: torch.Tensor, axis: torch.Tensor, diag: torch.Tensor, h: int, w: int, *, seconds: float,
     radius: int = 3, seed: int = 0, t_start: float = 0.03, t_end: float = 0.001,
@@ -181,14 +192,13 @@ def refine_layout(
     g[inner] = layout.to(dev)
     offs = torch.tensor([dr * wp + dc for dr, dc in _AXIS + _DIAG], device=dev)
     gen = torch.Generator().manual_seed(seed)
-    stride, tried, step, temp = radius + 2, 0, 0, t_start
-    start = time.process_time()
+    stride, tried, step = radius + 2, 0, 0
+    cooling = _cooling(seconds, t_start, t_end)
     while True:
         if step % 32 == 0:
-            elapsed = time.process_time() - start
-            if elapsed >= seconds:
+            temp = next(cooling)
+            if temp is None:
                 break
-            temp = t_start * (t_end / t_start) ** (elapsed / seconds)
         step += 1
         dr, dc = (int(v) for v in torch.randint(-radius, radius + 1, (2,), generator=gen))
         if dr == 0 and dc == 0:
@@ -302,14 +312,13 @@ def anneal_swaps(
         row = table[v]
         return sum(row[ov if q == other else g[q]] for q in nbrs[cell])
 
-    n, steps, temp = h * w, 0, t_start
-    start = time.process_time()
+    n, steps = h * w, 0
+    cooling = _cooling(seconds, t_start, t_end)
     while True:
         if steps % 1024 == 0:
-            elapsed = time.process_time() - start
-            if elapsed >= seconds:
+            temp = next(cooling)
+            if temp is None:
                 break
-            temp = t_start * (t_end / t_start) ** (elapsed / seconds)
         steps += 1
         a = rng.randrange(n)
         i, j = divmod(a, w)

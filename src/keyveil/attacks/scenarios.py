@@ -141,15 +141,11 @@ def run_scenario(
         r = KnownPlaintext(**opts).run(plain=plain, encrypted=scheme.encrypt(plain), reference=scheme)
         enc = scheme.encrypt(test_x)
         return Scenario(attack, name, dataset, r, test_x, enc, r.decrypt(enc), {"pairs": n})
-    if attack == "ciphertext-only" and getattr(scheme, "nibbles", False):
-        return _nibbles(scheme, dataset, test_x, n, opts)
+    if attack == "ciphertext-only" and name == "block":
+        return _cot_blocks(scheme, dataset, test_x, 10_000 if n is None else n, opts)
     if attack == "ciphertext-only":
         n = 10_000 if n is None else n
         train, _ = _data.load(dataset, "train", n)
-        if name == "block" and scheme.shuffle == "shared":
-            return _cot_inside_then_blocks(scheme, dataset, train, test_x, opts)
-        if name == "block":
-            return _cot_blocks(scheme, dataset, train, test_x, opts)
         opts.setdefault("flips", bool(getattr(scheme, "negapos", False)) is True)  # pixel-np's per-position flips
         enc = scheme.encrypt(test_x)
         r = CiphertextOnly(**opts).run(ciphertexts=scheme.encrypt(train), test_encrypted=enc, test_plain=test_x,
@@ -245,93 +241,50 @@ def _keyed_patches(attack: str, scheme: Scheme, step: Any, dataset: str, test_x:
     return Scenario(attack, type(scheme).name, dataset, r, test_x, enc, rec, settings)
 
 
-def _cot_inside_then_blocks(scheme: Scheme, dataset: str, train: torch.Tensor, test_x: torch.Tensor,
-                            opts: dict[str, Any]) -> Scenario:
-    """``vit``: its one in-block shuffle and flips matched to a public template (values, as LE's nibbles), then
-    the blocks, whole again, placed by the shared-key jigsaw. The last ``public`` (default 2,000) of the
-    training images are the attacker's public plain images, the others the ciphertexts."""
-    from .jigsaw_shared import SharedKeyJigsaw
-    from .nibble_layout import NibbleLayout
-
-    if scheme.rotate or scheme.nibbles or scheme.channel_shuffle or scheme.negapos not in (None, "shared"):
-        raise AttackError("the two-step attack handles a shared in-block shuffle with shared flips and a block "
-                          "scramble (the vit preset); this scheme also rotates, splits or shuffles channels")
-    public_n = min(int(opts.pop("public", 2000)), len(train) // 2)
-    cipher, public = train[:-public_n], train[-public_n:]
-    m = scheme.block_size
-    ct, et = scheme.encrypt(cipher), scheme.encrypt(test_x)
-    inside = NibbleLayout(nibbles=False, block_size=m).run(ciphertexts=ct, public=public,
-                                                           test_encrypted=torch.cat([ct, et]))
-    whole = inside.reconstructions
-    r = SharedKeyJigsaw(block_size=m, rotations=False, negapos=False, channel_orders=False, **opts).run(
-        ciphertexts=whole[: len(ct)], test_encrypted=whole[len(ct):], test_plain=test_x)
-    r.cost.cpu_seconds += inside.cost.cpu_seconds
-    r.cost.wall_seconds += inside.cost.wall_seconds
-    rec = r.reconstructions
-    r.metrics["decrypted_exactly"] = float((rec == test_x).flatten(1).all(1).double().mean())
-    return Scenario("ciphertext-only", type(scheme).name, dataset, r, test_x, et, rec,
-                    {"ciphertexts": len(ct), "public": public_n})
-
-
 def _tiles(x: torch.Tensor, size: int) -> torch.Tensor:
     """``(N,C,H,W)`` -> ``(N·(H//size)·(W//size), C, size, size)`` non-overlapping tiles."""
     t = x.unfold(2, size, size).unfold(3, size, size)  # (N, C, nh, nw, size, size)
     return t.permute(0, 2, 3, 1, 4, 5).reshape(-1, x.shape[1], size, size).contiguous()
 
 
-def _cot_blocks(scheme: Scheme, dataset: str, train: torch.Tensor, test_x: torch.Tensor,
-                opts: dict[str, Any]) -> Scenario:
-    """Dataset-scale jigsaw on a fixed-key block scheme (etc, block); the reconstructions shown aligned.
+def _cot_blocks(scheme: Scheme, dataset: str, test_x: torch.Tensor, n: int, opts: dict[str, Any]) -> Scenario:
+    """A fixed-key block scheme from ``n`` ciphertexts of training images under its key
+    (:class:`~.chains.BlockChain` picks the attack); the reconstructions shown as a viewer would turn them.
 
-    Option ``tile``: the victim's images are the ``tile``×``tile`` tiles of the data set's (for
-    ``photos``: 8 photos give 392 colour 32×32 images); the test images are then the first tiles.
+    Options: ``public`` (default 2,000): the next training images, plain, as the attacker's own images of
+    the same kind (LE, ELE and vit match a block's inside to them; never the victims'); ``tile``: the
+    victim's images are the ``tile``×``tile`` tiles of the data set's (for ``photos``: 8 photos give 392
+    colour 32×32 images; the test images are then the first tiles); ``max_values`` (default 4,096): values
+    per block the jigsaw compares.
     """
+    from .chains import BlockChain
     from .jigsaw import orient
-    from .jigsaw_shared import SharedKeyJigsaw
 
+    attack = BlockChain(scheme, max_values=int(opts.pop("max_values", 4096)))
+    public_n = int(opts.pop("public", 2000)) if attack.needs_public else 0
     tile = opts.pop("tile", None)
-    if tile is not None:
-        train, test_x = _tiles(train, int(tile)), _tiles(test_x, int(tile))[: len(test_x)]
-    enc = scheme.encrypt(test_x)
-
-    if scheme.nibbles or scheme.shuffle is not None or scheme.negapos not in (None, "block"):
-        raise AttackError(
-            "the ciphertext-only jigsaw needs whole blocks: LE/ELE split values into shuffled nibbles, and an "
-            "in-block shuffle or per-value flips (vit) leave no block edges to match (not implemented here)")
-    opts.setdefault("block_size", scheme.block_size)
-    opts.setdefault("rotations", scheme.rotate)
-    opts.setdefault("negapos", scheme.negapos == "block")
-    opts.setdefault("channel_orders", scheme.channel_shuffle)
-    r = SharedKeyJigsaw(**opts).run(ciphertexts=scheme.encrypt(train), test_encrypted=enc, test_plain=test_x,
-                                    reference=scheme)
-    r.metrics["neighbour_accuracy"] = r.metrics["neighbour"]  # the name the pixel layout attack reports
-    rec = orient(r.reconstructions, r.details["symmetry"])  # as a viewer would turn them
-    settings = {"ciphertexts": len(train), "tile": tile or test_x.shape[-1]}
-    return Scenario("ciphertext-only", "block", dataset, r, test_x, enc, rec, settings)
-
-
-def _nibbles(scheme: Scheme, dataset: str, test_x: torch.Tensor, n: int | None, opts: dict[str, Any]) -> Scenario:
-    """LE / ELE: ``n`` ciphertexts of training images under the key, plus public plain images of the same kind
-    (the next ``public`` training images, default 2,000 or what is left; never the victims') for the templates."""
-    from .nibble_layout import NibbleLayout
-
-    per_block = getattr(scheme, "shuffle", None) == "per_block"
-    if getattr(scheme, "shuffle", None) not in ("shared", "per_block") or getattr(scheme, "rotate", False):
-        raise AttackError("the nibble matching attacks LE's shared in-block shuffle or ELE's per-block ones; this "
-                          "scheme also rotates blocks or does not shuffle inside them")
-    n = 10_000 if n is None else n
-    public_n = int(opts.pop("public", 2000))
+    if opts:
+        raise AttackError(f"unknown ciphertext-only options {sorted(opts)}; use public, tile or max_values")
     train, _ = _data.load(dataset, "train", n + public_n)
-    if len(train) <= n:
+    if len(train) <= n and public_n:
         raise AttackError(f"dataset {dataset!r} has {len(train)} training images: ask for fewer ciphertexts so "
                           "some are left as public images")
-    opts.setdefault("block_size", scheme.block_size)
-    opts.setdefault("per_block", per_block)
+    cipher, public = train[:n], (train[n:] if public_n else None)
+    if tile is not None:
+        cipher, test_x = _tiles(cipher, int(tile)), _tiles(test_x, int(tile))[: len(test_x)]
     enc = scheme.encrypt(test_x)
-    r = NibbleLayout(**opts).run(ciphertexts=scheme.encrypt(train[:n]), public=train[n:], test_encrypted=enc,
-                                 test_plain=test_x)
-    return Scenario("ciphertext-only", type(scheme).name, dataset, r, test_x, enc, r.reconstructions,
-                    {"ciphertexts": n, "public": len(train) - n})
+    whole = not attack.needs_public
+    r = attack.run(ciphertexts=scheme.encrypt(cipher), test_encrypted=enc, public=public, test_plain=test_x,
+                   reference=scheme if whole else None)
+    rec = r.reconstructions
+    settings: dict[str, Any] = {"ciphertexts": len(cipher)}
+    if whole:
+        r.metrics["neighbour_accuracy"] = r.metrics["neighbour"]  # the name the pixel layout attack reports
+        rec = orient(rec, r.details["symmetry"])
+        settings["tile"] = tile or test_x.shape[-1]
+    else:
+        settings["public"] = len(train) - n
+    return Scenario("ciphertext-only", type(scheme).name, dataset, r, test_x, enc, rec, settings)
 
 
 def _reidentify(scheme: Scheme, dataset: str, shown: int, seed: int, opts: dict[str, Any]) -> Scenario:

@@ -186,7 +186,7 @@ def _cot(r: Runner) -> None:
     two = lambda m: (f"{_pct(m['decrypted_exactly'])} of the test images decrypted exactly; SSIM {m['ssim']:.3f} "  # noqa: E731
                      f"(encrypted {m['ssim_encrypted']:.3f})")
     r.run("ciphertext-only", "vit", "fashion-mnist", two, "{ciphertexts} ciphertexts, one key, {public} public plain "
-          "images: in-block shuffle by template matching, then jigsaw-shared-key", n=n + 2000, test_n=500)
+          "images: in-block shuffle by template matching, then jigsaw-shared-key", n=n, test_n=500)
     r.run("ciphertext-only", "vit+patch", "fashion-mnist", two, "{ciphertexts} ciphertexts' {patch}×{patch} patches, "
           "one key, {public} public plain images: the in-patch shuffle by template matching (leaves the patch "
           "scheme)", n=3000, test_n=500)
