@@ -83,15 +83,22 @@ def _auc(members: np.ndarray, others: np.ndarray) -> float:
     return float((diff > 0).mean() + 0.5 * (diff == 0).mean())
 
 
-def auc_interval(members: Sequence[float], others: Sequence[float], *, confidence: float = CONFIDENCE,
-                 resamples: int = 1000, seed: int = 0) -> tuple[float, tuple[float, float]]:
-    """AUC of "member scores higher" and its bootstrap interval (members and others resampled apart)."""
+def _two_sample(statistic: Callable[[np.ndarray, np.ndarray], float], members: Sequence[float],
+                others: Sequence[float], confidence: float, resamples: int,
+                seed: int) -> tuple[float, tuple[float, float]]:
+    """``statistic`` and its percentile bootstrap interval, members and others resampled apart (SciPy)."""
     from scipy.stats import bootstrap
 
     a, b = np.asarray(members, np.float64), np.asarray(others, np.float64)
-    res = bootstrap((a, b), _auc, confidence_level=confidence, n_resamples=resamples, method="percentile",
+    res = bootstrap((a, b), statistic, confidence_level=confidence, n_resamples=resamples, method="percentile",
                     random_state=np.random.default_rng(seed), vectorized=False)
-    return _auc(a, b), (float(res.confidence_interval.low), float(res.confidence_interval.high))
+    return statistic(a, b), (float(res.confidence_interval.low), float(res.confidence_interval.high))
+
+
+def auc_interval(members: Sequence[float], others: Sequence[float], *, confidence: float = CONFIDENCE,
+                 resamples: int = 1000, seed: int = 0) -> tuple[float, tuple[float, float]]:
+    """AUC of "member scores higher" and its bootstrap interval (members and others resampled apart)."""
+    return _two_sample(_auc, members, others, confidence, resamples, seed)
 
 
 def advantage(members: np.ndarray, others: np.ndarray) -> float:
@@ -106,12 +113,7 @@ def advantage(members: np.ndarray, others: np.ndarray) -> float:
 def advantage_interval(members: Sequence[float], others: Sequence[float], *, confidence: float = CONFIDENCE,
                        resamples: int = 1000, seed: int = 0) -> tuple[float, tuple[float, float]]:
     """:func:`advantage` and its bootstrap interval (members and others resampled apart)."""
-    from scipy.stats import bootstrap
-
-    a, b = np.asarray(members, np.float64), np.asarray(others, np.float64)
-    res = bootstrap((a, b), advantage, confidence_level=confidence, n_resamples=resamples, method="percentile",
-                    random_state=np.random.default_rng(seed), vectorized=False)
-    return advantage(a, b), (float(res.confidence_interval.low), float(res.confidence_interval.high))
+    return _two_sample(advantage, members, others, confidence, resamples, seed)
 
 
 def _trials(n: int, unit: str) -> str:
