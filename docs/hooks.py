@@ -34,10 +34,10 @@ def on_page_markdown(markdown, page, config, files):
     if uri in ROOT_PAGES:
         return markdown.replace("](docs/", "](")
     if uri.startswith("results/"):
-        here = (ROOT / uri).parent
+        here = Path(uri).parent
 
-        def _missing_picture(match: re.Match) -> str:
-            if (here / match.group(2)).exists():
+        def _missing_picture(match: re.Match) -> str:  # a PNG on disk but not in the site is missing there too
+            if files.get_file_from_path((here / match.group(2)).as_posix()) is not None:
                 return match.group(0)
             return f"*(picture `{match.group(2)}`: written beside this table by the command that made it)*"
 
