@@ -46,8 +46,8 @@ class BlockChain(Attack):
     name = "ciphertext-only-blocks"
 
     def __init__(self, scheme: Scheme, max_values: int = 16384) -> None:
-        s = scheme
-        whole = not (s.nibbles or s.shuffle)
+        self.scheme, self.max_values = scheme, int(max_values)
+        s, whole = scheme, not self.needs_public
         if whole and s.negapos not in (None, "block"):
             raise AttackError(f"the ciphertext-only jigsaw needs whole blocks (negapos={s.negapos!r} flips single "
                               "values inside them)")
@@ -59,7 +59,6 @@ class BlockChain(Attack):
         if not whole and not s.nibbles and s.scramble and (s.channel_shuffle or s.negapos not in (None, "shared")):
             raise AttackError("the two-step attack handles a shared in-block shuffle with shared flips and a block "
                               "scramble (the vit preset); this scheme also shuffles channels or flips per block")
-        self.scheme, self.max_values = scheme, int(max_values)
 
     @property
     def needs_public(self) -> bool:

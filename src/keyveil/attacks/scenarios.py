@@ -279,7 +279,6 @@ def _cot_blocks(scheme: Scheme, dataset: str, test_x: torch.Tensor, n: int, opts
     rec = r.reconstructions
     settings: dict[str, Any] = {"ciphertexts": len(cipher)}
     if whole:
-        r.metrics["neighbour_accuracy"] = r.metrics["neighbour"]  # the name the pixel layout attack reports
         rec = orient(rec, r.details["symmetry"])
         settings["tile"] = tile or test_x.shape[-1]
     else:

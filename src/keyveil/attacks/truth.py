@@ -19,19 +19,15 @@ __all__ = ["true_permutation", "score_permutation"]
 def true_permutation(scheme: Scheme, chw: Sequence[int]) -> RecoveredPermutation:
     """The scheme's own rearrangement in :class:`RecoveredPermutation` form.
 
-    Supports ``pixel`` (shared or per-channel), every ``block`` preset, chains
-    ending in a keyed ``pixel`` step (``visualmixer-seed+pixel``: that step's
-    rearrangement, which a ciphertext-only attack on the chain is after), and a
+    Supports ``pixel`` (shared or per-channel), every ``block`` preset, and a
     composition whose one fixed-key step is one of these (the other steps are
-    per-image: ``mix+pixel``).
+    per-image: ``mix+pixel``, ``visualmixer-seed+pixel``; that step's
+    rearrangement is what an attack on the chain is after).
 
     Raises:
         AttackError: for schemes that are not a fixed-key rearrangement.
     """
     c, h, w = (int(v) for v in chw)
-    steps = list(getattr(scheme, "steps", []) or [])
-    if steps and type(steps[-1]).name == "pixel":
-        scheme = steps[-1]
     name = type(scheme).name
     if name == "pixel":
         if scheme.per_channel:

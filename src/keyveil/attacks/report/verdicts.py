@@ -71,6 +71,11 @@ def _graded(section: str, iv: Any) -> int:
     return 2 if iv.low >= bold else (0 if iv.high < holds else 1)
 
 
+def _word(g: int, bold: str) -> str:
+    """The verdict for grade ``g`` of :func:`_graded`: ``bold``, "partly" or "holds"."""
+    return (bold, "partly", "holds")[2 - g]
+
+
 def threshold_text() -> list[str]:
     """The verdict rules, once, for the report's header (Markdown lines)."""
     t = THRESHOLDS
@@ -110,32 +115,27 @@ def verdict(section: str, m: Mapping[str, float], cal: Mapping[str, Any] | None 
     if section in ("chosen-plaintext", "known-plaintext", "key-from-model"):
         if "fraction_cells_recovered" in m:  # a chain: the keyed step, up to the per-image step's cells
             f = m["fraction_cells_recovered"]
-            g = _graded(section, _interval(cal, "cells", f))
-            return ("**broken**: keyed step undone" if f == 1.0 else "**broken**: most of the keyed step",
-                    "partly", "holds")[2 - g]
+            return _word(_graded(section, _interval(cal, "cells", f)),
+                         "**broken**: keyed step undone" if f == 1.0 else "**broken**: most of the keyed step")
         f = m.get("fraction_recovered_with_flips", m["fraction_recovered"])
-        g = _graded(section, _interval(cal, "key", f))
         bold = ("**broken**: key fully recovered" if f == 1.0 else "**broken**: most of the key") \
             if section != "key-from-model" or f < 1.0 else "**broken**: the model gives up the key"
-        return (bold, "partly", "holds")[2 - g]
+        return _word(_graded(section, _interval(cal, "key", f)), bold)
     if section == "ciphertext-only" and "units_correct" in m:  # LE / ELE: the shared shuffle's nibbles
-        g = _graded("ciphertext-only key", _interval(cal, "units", m["units_correct"]))
         bold = "**broken**: the shared shuffle recovered" if m["units_correct"] == 1.0 else \
             "**broken**: most nibbles back"
-        return (bold, "partly", "holds")[2 - g]
+        return _word(_graded("ciphertext-only key", _interval(cal, "units", m["units_correct"])), bold)
     if section == "ciphertext-only" and "decrypted_exactly" in m:  # vit: two steps, scored on the images
         g = _graded("ciphertext-only key", _interval(cal, "decrypted_exactly", m["decrypted_exactly"]))
-        return ("**broken**: images decrypted exactly", "partly", "holds")[2 - g]
+        return _word(g, "**broken**: images decrypted exactly")
     if section == "ciphertext-only" and "direct" in m and "blocks" in m:  # block schemes: the shared-key jigsaw
-        g = _graded("ciphertext-only key", _interval(cal, "direct", m["direct"]))
         bold = "**broken**: key recovered (up to one global symmetry)" if m["direct"] == 1.0 else \
             "**broken**: most of the key"
-        return (bold, "partly", "holds")[2 - g]
+        return _word(_graded("ciphertext-only key", _interval(cal, "direct", m["direct"])), bold)
     if section == "ciphertext-only":
-        return ("holds", "partly", "**leaks** layout")[_graded(section, _interval(cal, "neighbour", m["neighbour_accuracy"]))]
+        return _word(_graded(section, _interval(cal, "neighbour", m["neighbour_accuracy"])), "**leaks** layout")
     if section == "jigsaw":
-        return ("holds", "partly", "**falls** (most edges rejoined)")[
-            _graded(section, _interval(cal, "neighbour", m["neighbour"]))]
+        return _word(_graded(section, _interval(cal, "neighbour", m["neighbour"])), "**falls** (most edges rejoined)")
     if section == "learned-inversion":
         prior = m.get("ssim_prior", float("-inf"))
         if prior > m["ssim_encrypted"]:  # the data set's mean image already looks more alike: the gain over it
@@ -143,7 +143,7 @@ def verdict(section: str, m: Mapping[str, float], cal: Mapping[str, Any] | None 
             g = _graded(section, _Shifted(iv, -prior))
         else:
             g = _graded(section, _interval(cal, "ssim_gain", m["ssim"] - m["ssim_encrypted"]))
-        return ("holds", "partly", "**structure recovered**")[g]
+        return _word(g, "**structure recovered**")
     if section == "membership":
         iv = _interval(cal, "auc", m["auc"])
         _, bold, chance = THRESHOLDS[section]
